@@ -1,0 +1,106 @@
+"""Who is calling: dev tokens, JWTs, and the server API key (SPEC §2)."""
+
+from __future__ import annotations
+
+import hmac
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import jwt
+
+from tether.config import Settings
+from tether.errors import TetherError
+
+_ID = re.compile(r"^[A-Za-z0-9_.@+\-]{1,128}$")
+SERVER_USER = "server"
+
+
+@dataclass(frozen=True)
+class Identity:
+    user_id: str
+    device_id: str = "default"
+    roles: frozenset[str] = field(default_factory=frozenset)
+    is_server: bool = False  # holds the API key: may act for any user
+
+    @property
+    def is_admin(self) -> bool:
+        return self.is_server or "admin" in self.roles
+
+    def may_act_for(self, user_id: str) -> bool:
+        return self.is_server or user_id == self.user_id
+
+
+def valid_id(value: str) -> bool:
+    return bool(_ID.match(value))
+
+
+class Authenticator:
+    def __init__(self, settings: Settings) -> None:
+        self.mode = settings.auth or "dev"
+        self.api_key = settings.api_key
+        self._key: str | None = settings.jwt_secret
+        self._algorithms = ["HS256"]
+        if settings.jwt_public_key:
+            pem = settings.jwt_public_key
+            if not pem.lstrip().startswith("-----") and Path(pem).exists():
+                pem = Path(pem).read_text()
+            self._key = pem
+            self._algorithms = ["RS256", "ES256"]
+
+    def token(self, token: str | None) -> Identity:
+        if not token:
+            raise TetherError("unauthorized", "missing token: pass ?token=… or 'Authorization: Bearer …'")
+        if self.mode == "dev":
+            user, _, device = token.partition(":")
+            device = device or "default"
+            if not valid_id(user) or not valid_id(device):
+                raise TetherError(
+                    "unauthorized",
+                    "dev token must be 'userId' or 'userId:deviceId' (letters, digits, _ . @ + -, up to 128)",
+                )
+            return Identity(user, device)
+        try:
+            claims = jwt.decode(
+                token, self._key, algorithms=self._algorithms, options={"require": ["sub", "exp"]}
+            )
+        except jwt.ExpiredSignatureError:
+            raise TetherError("unauthorized", "token expired: mint a new one") from None
+        except jwt.PyJWTError as exc:
+            raise TetherError("unauthorized", f"invalid token: {exc}") from None
+        user, device = str(claims["sub"]), str(claims.get("device_id") or "default")
+        if not valid_id(user) or not valid_id(device):
+            raise TetherError("unauthorized", "token 'sub' or 'device_id' has characters outside A-Z a-z 0-9 _ . @ + -")
+        roles = claims.get("roles") or []
+        if not isinstance(roles, list):
+            raise TetherError("unauthorized", "token 'roles' must be a list")
+        return Identity(user, device, frozenset(map(str, roles)))
+
+    def api(self, key: str) -> Identity:
+        if not self.api_key:
+            raise TetherError("unauthorized", "this server has no API key: set TETHER_API_KEY to use X-API-Key")
+        if not hmac.compare_digest(key.encode(), self.api_key.encode()):
+            raise TetherError("unauthorized", "wrong X-API-Key")
+        return Identity(SERVER_USER, "server", frozenset({"admin"}), is_server=True)
+
+    def headers(self, authorization: str | None, api_key: str | None, query_token: str | None = None) -> Identity:
+        if api_key:
+            return self.api(api_key)
+        token = query_token
+        if authorization:
+            scheme, _, value = authorization.partition(" ")
+            if scheme.lower() != "bearer" or not value:
+                raise TetherError("unauthorized", "Authorization header must be 'Bearer <token>'")
+            token = value.strip()
+        return self.token(token)
+
+
+def mint(secret: str, user: str, *, device: str | None = None, ttl: int = 3600, roles: list[str] = (), algorithm: str = "HS256") -> str:  # type: ignore[assignment]
+    now = int(time.time())
+    claims: dict[str, object] = {"sub": user, "iat": now, "exp": now + ttl}
+    if device:
+        claims["device_id"] = device
+    if roles:
+        claims["roles"] = list(roles)
+    return jwt.encode(claims, secret, algorithm=algorithm)

@@ -1,0 +1,70 @@
+"""The broker interface (after Centrifugo's): pub/sub between nodes plus per-channel history.
+
+History and pub/sub live behind one interface because the offset must be
+assigned, stored and fanned out as one ordered step: the embedded broker does
+it under a per-channel lock around one SQLite transaction, the Redis broker in
+one Lua script. Either way, every node sees a channel's events in offset order.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+#: Called once per event per node: (channel, offset, encoded frame, connection id to skip).
+Deliver = Callable[[str, int, str, "str | None"], None]
+
+
+@dataclass(frozen=True, slots=True)
+class Position:
+    offset: int
+    epoch: str
+
+
+@dataclass(slots=True)
+class Stream:
+    """What history holds after an offset.
+
+    ``complete`` is true when ``events`` are *all* the events after ``after``:
+    nothing was trimmed by the history window in between.
+    """
+
+    position: Position
+    events: list[tuple[int, str]] = field(default_factory=list)
+    complete: bool = True
+
+
+class Broker(ABC):
+    @abstractmethod
+    async def start(self, deliver: Deliver) -> None: ...
+
+    @abstractmethod
+    async def close(self) -> None: ...
+
+    @abstractmethod
+    async def publish(
+        self,
+        channel: str,
+        type: str,
+        data: Any,
+        *,
+        history_size: int,
+        history_ttl: float,
+        exclude: str | None = None,
+    ) -> Position:
+        """Assign the next offset, store the event in the history window, fan it out."""
+
+    @abstractmethod
+    async def read(self, channel: str, after: int | None, *, history_ttl: float | None = None, limit: int = 10_000) -> Stream:
+        """The channel's position and, when ``after`` is given, the stored events past it
+        (none older than ``history_ttl`` seconds)."""
+
+    async def subscribe(self, channel: str) -> None:
+        """This node has its first local subscriber on ``channel``."""
+
+    async def unsubscribe(self, channel: str) -> None:
+        """This node's last local subscriber on ``channel`` left."""
+
+    async def healthy(self) -> bool:
+        return True

@@ -1,0 +1,78 @@
+"""Channels: SUBSCRIBE / UNSUBSCRIBE / PUBLISH over WebSocket, publish over REST."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Header
+from pydantic import BaseModel, Field
+
+from tether import protocol
+from tether.connection import Connection
+from tether.errors import bad_request
+from tether.feature import Feature, Op
+from tether.server.http import Caller, NodeDep
+
+
+class PublishBody(BaseModel):
+    type: str = Field("PUBLICATION", description="UPPER_SNAKE_CASE event type")
+    data: Any = Field(..., description="the event payload (any JSON)")
+
+
+class ChannelsFeature(Feature):
+    name = "channels"
+
+    def ops(self) -> dict[str, Op]:
+        return {"SUBSCRIBE": self.subscribe, "UNSUBSCRIBE": self.unsubscribe, "PUBLISH": self.publish}
+
+    async def subscribe(self, conn: Connection, data: dict[str, Any]) -> Any:
+        channel = protocol.check_channel(data.get("channel"))
+        if not isinstance(data.get("presence", False), bool):
+            raise bad_request("'presence' must be true or false")
+        reply = await conn.subscribe(channel, data.get("since"))
+        try:
+            for f in self.node.features:
+                await f.subscribed(conn, channel, data)
+        except BaseException:
+            conn.release(channel, reply.last)
+            await self.unsubscribe(conn, {"channel": channel})
+            raise
+        return reply
+
+    async def unsubscribe(self, conn: Connection, data: dict[str, Any]) -> Any:
+        channel = protocol.check_channel(data.get("channel"))
+        if channel == f"users.{conn.user_id}":
+            raise bad_request("a connection stays subscribed to its own user channel")
+        await conn.unsubscribe(channel)
+        for f in self.node.features:
+            await f.unsubscribed(conn, channel)
+        return {"channel": channel}
+
+    async def publish(self, conn: Connection, data: dict[str, Any]) -> Any:
+        channel = protocol.check_channel(data.get("channel"))
+        if "data" not in data:
+            raise bad_request("PUBLISH needs 'data'")
+        await self.node.namespaces.may_publish(conn.identity, channel)
+        position = await self.node.publish(channel, "PUBLICATION", data["data"])
+        return {"channel": channel, "offset": position.offset, "epoch": position.epoch}
+
+    def router(self) -> APIRouter:
+        router = APIRouter(tags=["channels"])
+
+        @router.post("/channels/{channel}/publish")
+        async def publish(channel: str, body: PublishBody, node: NodeDep, who: Caller,
+                          idempotency_key: str | None = Header(None)) -> dict[str, Any]:
+            """Broadcast an event on a channel (server API key, or a user the namespace lets publish)."""
+            protocol.check_channel(channel)
+            protocol.check_type(body.type)
+            await node.namespaces.may_publish(who, channel)
+
+            async def run() -> dict[str, Any]:
+                position = await node.publish(channel, body.type, body.data)
+                return {"channel": channel, "offset": position.offset, "epoch": position.epoch}
+
+            if idempotency_key:
+                return await node.idempotency.run(f"{who.user_id}:rest", idempotency_key, run)  # type: ignore[no-any-return]
+            return await run()
+
+        return router

@@ -1,0 +1,138 @@
+"""The ``tether`` command line."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from tether import __version__
+
+
+def _env(name: str) -> str:
+    return "TETHER_" + name.upper()
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="tether")
+def main() -> None:
+    """Tether: a self-hosted realtime sync backend."""
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True, envvar=_env("host"), help="Address to bind.")
+@click.option("--port", default=8080, show_default=True, type=int, envvar=_env("port"), help="Port to bind.")
+@click.option("--data-dir", default="./tether-data", show_default=True, type=click.Path(path_type=Path),
+              envvar=_env("data_dir"), help="Where the embedded SQLite database lives.")
+@click.option("--auth", type=click.Choice(["dev", "jwt"]), default=None, envvar=_env("auth"),
+              help="dev: 'user:device' tokens (loopback only); jwt: signed tokens. Default: jwt when a key is set.")
+@click.option("--jwt-secret", envvar=_env("jwt_secret"), help="HS256 secret for --auth jwt.")
+@click.option("--jwt-public-key", envvar=_env("jwt_public_key"), help="RS256/ES256 public key (PEM text or file).")
+@click.option("--api-key", envvar=_env("api_key"), help="Key that backends send as X-API-Key.")
+@click.option("--database-url", envvar=_env("database_url"), help="postgresql://… to store in PostgreSQL.")
+@click.option("--redis-url", envvar=_env("redis_url"), help="redis://… for broker, history, presence and locks.")
+@click.option("--presence-ttl", type=float, default=30.0, show_default=True, envvar=_env("presence_ttl"),
+              help="Seconds a REST heartbeat keeps a user present.")
+@click.option("--ping-interval", type=float, default=25.0, show_default=True, envvar=_env("ping_interval"),
+              help="Seconds between server PINGs; silence for twice this closes a connection.")
+@click.option("--max-frame-bytes", type=int, default=64 * 1024, show_default=True, envvar=_env("max_frame_bytes"))
+@click.option("--max-subscriptions", type=int, default=256, show_default=True, envvar=_env("max_subscriptions"))
+@click.option("--rate-per-connection", type=float, default=100.0, show_default=True, envvar=_env("rate_per_connection"),
+              help="Requests per second a connection may sustain.")
+@click.option("--rate-burst", type=int, default=200, show_default=True, envvar=_env("rate_burst"))
+@click.option("--rate-per-user", type=float, default=300.0, show_default=True, envvar=_env("rate_per_user"))
+@click.option("--send-queue-frames", type=int, default=2000, show_default=True, envvar=_env("send_queue_frames"),
+              help="Frames a connection may have waiting before it is closed as a slow consumer.")
+@click.option("--history-size", type=int, default=1000, show_default=True, envvar=_env("history_size"))
+@click.option("--history-ttl", type=float, default=3600.0, show_default=True, envvar=_env("history_ttl"))
+@click.option("--channels-file", type=click.Path(path_type=Path, exists=True), envvar=_env("channels_file"),
+              help="JSON list of namespace overrides (pattern, subscribe, publish, history_size, history_ttl).")
+@click.option("--log-level", default="info", show_default=True, envvar=_env("log_level"))
+def serve(**options: Any) -> None:
+    """Run a Tether server (embedded SQLite + in-process broker unless URLs are set)."""
+    import uvicorn
+
+    from tether import logs
+    from tether.config import Settings
+    from tether.server.app import create_app
+
+    settings = Settings.from_env(**options)
+    settings.check()
+    logs.configure(settings.log_level)
+    app = create_app(settings)
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        loop="auto",
+        http="auto",
+        ws="auto",
+        ws_max_size=4 * settings.max_frame_bytes + 1024,
+        ws_ping_interval=None,
+        ws_per_message_deflate=False,
+        log_config=None,
+        access_log=False,
+        lifespan="on",
+        timeout_graceful_shutdown=5,
+    )
+
+
+@main.command()
+@click.option("--user", required=True, help="The token's user id (sub).")
+@click.option("--device", default=None, help="Device id claim.")
+@click.option("--ttl", default=3600, show_default=True, type=int, help="Seconds until the token expires.")
+@click.option("--role", "roles", multiple=True, help="Role claim, repeatable (e.g. --role admin).")
+@click.option("--secret", envvar=_env("jwt_secret"), required=True, help="HS256 secret (TETHER_JWT_SECRET).")
+def token(user: str, device: str | None, ttl: int, roles: tuple[str, ...], secret: str) -> None:
+    """Mint an HS256 JWT for --auth jwt."""
+    from tether.auth import mint
+
+    click.echo(mint(secret, user, device=device, ttl=ttl, roles=list(roles)))
+
+
+@main.command()
+@click.argument("channel")
+@click.option("--url", default="http://127.0.0.1:8080", show_default=True, envvar="TETHER_URL", help="Server URL.")
+@click.option("--token", "tok", default="cli", show_default=True, envvar="TETHER_TOKEN", help="Token to connect with.")
+@click.option("--since", type=int, default=None, help="Replay from this offset (needs --epoch).")
+@click.option("--epoch", default=None, help="Epoch that --since belongs to.")
+@click.option("--count", type=int, default=0, help="Stop after this many events (0: never).")
+def tail(channel: str, url: str, tok: str, since: int | None, epoch: str | None, count: int) -> None:
+    """Print a channel's events as they arrive, one JSON line each (like `nats sub`)."""
+    from tether.tools import tail as run
+
+    sys.exit(asyncio.run(run(url, tok, channel, since, epoch, count)))
+
+
+@main.command()
+@click.argument("channel")
+@click.argument("data")
+@click.option("--url", default="http://127.0.0.1:8080", show_default=True, envvar="TETHER_URL", help="Server URL.")
+@click.option("--token", "tok", default="cli", show_default=True, envvar="TETHER_TOKEN", help="Token (Bearer).")
+@click.option("--api-key", envvar=_env("api_key"), help="Publish with the server API key instead of a token.")
+@click.option("--type", "etype", default="PUBLICATION", show_default=True, help="Event type.")
+def publish(channel: str, data: str, url: str, tok: str, api_key: str | None, etype: str) -> None:
+    """Publish DATA (JSON) on CHANNEL and print the assigned offset."""
+    from tether.tools import publish as run
+
+    sys.exit(run(url, tok, api_key, channel, data, etype))
+
+
+@main.command()
+@click.option("--database-url", envvar=_env("database_url"), help="postgresql://… (default: SQLite in --data-dir).")
+@click.option("--data-dir", default="./tether-data", show_default=True, type=click.Path(path_type=Path), envvar=_env("data_dir"))
+def migrate(database_url: str | None, data_dir: Path) -> None:
+    """Create or update the database schema, then exit."""
+    from tether.config import Settings
+    from tether.node import Node
+
+    async def run() -> None:
+        node = Node(Settings.from_env(database_url=database_url, data_dir=data_dir))
+        await node.start()
+        await node.stop()
+
+    asyncio.run(run())
+    click.echo("schema is up to date")

@@ -1,0 +1,259 @@
+"""One client connection, without the socket: frames in, frames out (sans-I/O).
+
+A transport (``tether.server.ws``) feeds received frames to :meth:`handle` and
+drains :meth:`next_batch` onto its socket. Everything between, requests,
+subscriptions, limits and the bounded send queue, lives here so it is the same
+for any transport.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+from tether import protocol
+from tether.auth import Identity
+from tether.errors import TetherError
+
+if TYPE_CHECKING:
+    from tether.node import Node
+
+log = logging.getLogger("tether.connection")
+
+# Close codes (documented in docs/protocol.md).
+CLOSE_UNAUTHORIZED = 4001
+CLOSE_SLOW = 4008
+CLOSE_ABUSE = 4009
+CLOSE_TIMEOUT = 4011
+CLOSE_TOO_LARGE = 1009
+CLOSE_SHUTDOWN = 1001
+
+ABUSE_ERRORS = 20  # this many refused frames …
+ABUSE_WINDOW = 10.0  # … within this many seconds close the connection
+
+
+class Reply:
+    """SUBSCRIBE's answer: ACK data already encoded (it splices stored events in),
+    after which the live events held back during recovery are released."""
+
+    __slots__ = ("data", "channel", "last")
+
+    def __init__(self, data: str, channel: str, last: int) -> None:
+        self.data, self.channel, self.last = data, channel, last
+
+
+class TokenBucket:
+    __slots__ = ("rate", "burst", "tokens", "stamp")
+
+    def __init__(self, rate: float, burst: float) -> None:
+        self.rate, self.burst, self.tokens, self.stamp = rate, burst, burst, time.monotonic()
+
+    def take(self) -> bool:
+        now = time.monotonic()
+        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return True
+        return False
+
+
+class Connection:
+    def __init__(self, node: "Node", identity: Identity) -> None:
+        self.node = node
+        self.identity = identity
+        self.id = secrets.token_hex(8)
+        self.connected_at = time.time()
+        self.last_seen = self.last_ping = time.monotonic()
+        self.channels: set[str] = set()
+        self.state: dict[str, Any] = {}  # per-feature scratch (presence keys, locks to release, …)
+        self._pending: dict[str, list[tuple[int, str]]] = {}
+        self._queue: deque[str] = deque()
+        self._wakeup = asyncio.Event()
+        self._limit = node.settings.send_queue_frames
+        self._bucket = TokenBucket(node.settings.rate_per_connection, node.settings.rate_burst)
+        self._errors: deque[float] = deque()
+        self.close_code: int | None = None
+        self.close_reason = ""
+
+    def __hash__(self) -> int:
+        return id(self)
+
+    @property
+    def user_id(self) -> str:
+        return self.identity.user_id
+
+    @property
+    def device_id(self) -> str:
+        return self.identity.device_id
+
+    @property
+    def closed(self) -> bool:
+        return self.close_code is not None
+
+    # -- outgoing -----------------------------------------------------------
+
+    def send(self, text: str) -> None:
+        """Queue a frame without waiting. A full queue closes a slow consumer."""
+        if self.close_code is not None:
+            return
+        if len(self._queue) >= self._limit:
+            self.close(CLOSE_SLOW, f"slow consumer: more than {self._limit} frames waiting to be sent")
+            return
+        self._queue.append(text)
+        self._wakeup.set()
+
+    def deliver(self, channel: str, offset: int, text: str) -> None:
+        pending = self._pending.get(channel)
+        if pending is not None:  # mid-SUBSCRIBE: hold until the ACK has gone out
+            pending.append((offset, text))
+        else:
+            self.send(text)
+
+    def close(self, code: int, reason: str) -> None:
+        if self.close_code is None:
+            self.close_code, self.close_reason = code, reason[:120]
+            self._queue.clear()
+            self._wakeup.set()
+            self.node.metrics.disconnects.labels(reason.split(":")[0]).inc()
+
+    async def next_batch(self) -> list[str] | None:
+        """What to write next; ``None`` once the connection is closing."""
+        while not self._queue and self.close_code is None:
+            self._wakeup.clear()
+            await self._wakeup.wait()
+        if self.close_code is not None:
+            return None
+        batch = list(self._queue)
+        self._queue.clear()
+        self.node.metrics.messages_out.inc(len(batch))
+        return batch
+
+    # -- incoming -----------------------------------------------------------
+
+    async def handle(self, raw: str | bytes) -> None:
+        self.last_seen = time.monotonic()
+        if len(raw) > self.node.settings.max_frame_bytes:
+            self._refuse(protocol.request_id(raw), TetherError(
+                "too_large", f"frame of {len(raw)} bytes exceeds the limit of {self.node.settings.max_frame_bytes}"))
+            return
+        try:
+            frame = protocol.parse(raw)
+        except TetherError as exc:
+            self._refuse(protocol.request_id(raw), exc)
+            return
+        self.node.metrics.messages_in.labels(frame.type).inc()
+        if frame.type == "PING":
+            self.send(protocol.frame("PONG", {"timestamp": frame.data.get("timestamp")}))
+            return
+        if frame.type == "PONG":
+            return
+        if not (self._bucket.take() and self.node.user_rate(self.user_id)):
+            self._refuse(frame.id, TetherError("rate_limited", "too many requests: slow down and retry"))
+            return
+        op = self.node.ops.get(frame.type)
+        if op is None:
+            self._refuse(frame.id, TetherError("bad_request", f"unknown frame type {frame.type!r}"))
+            return
+        started = time.perf_counter()
+        try:
+            data = frame.data
+            if frame.channel is not None and "channel" not in data:
+                data = {**data, "channel": frame.channel}
+            key = data.get("idempotency_key")
+            if key is not None:
+                result = await self.node.idempotency.run(
+                    f"{self.user_id}:ws", key, lambda: op(self, data))
+            else:
+                result = await op(self, data)
+        except TetherError as exc:
+            self._refuse(frame.id, exc)
+            return
+        except Exception:
+            log.exception("request %s failed", frame.type)
+            self._refuse(frame.id, TetherError("unavailable", f"{frame.type} failed inside the server; retry"))
+            return
+        finally:
+            self.node.metrics.request_latency.labels(frame.type).observe(time.perf_counter() - started)
+        if isinstance(result, Reply):
+            self.send(protocol.ack_raw(frame.id, result.data))
+            self.release(result.channel, result.last)
+        elif frame.id is not None:
+            self.send(protocol.ack(frame.id, result if result is not None else {}))
+
+    def _refuse(self, request: str | None, exc: TetherError) -> None:
+        self.node.metrics.errors.labels(exc.code).inc()
+        self.send(protocol.error(request, exc))
+        now = time.monotonic()
+        self._errors.append(now)
+        while self._errors and self._errors[0] < now - ABUSE_WINDOW:
+            self._errors.popleft()
+        if len(self._errors) >= ABUSE_ERRORS:
+            self.close(CLOSE_ABUSE, f"too many refused frames: {ABUSE_ERRORS} in {ABUSE_WINDOW:.0f} s")
+
+    # -- subscriptions -------------------------------------------------------
+
+    async def subscribe(self, channel: str, since: Any) -> Reply:
+        """Join a channel and recover what was missed, with no gap and no duplicate.
+
+        Live events that arrive while history is read are held back and sent
+        after the ACK, minus those the ACK already carries.
+        """
+        node = self.node
+        ns = await node.namespaces.may_subscribe(self.identity, channel)
+        fresh = channel not in self.channels
+        if fresh and len(self.channels) >= node.settings.max_subscriptions:
+            raise TetherError("too_large", f"subscription limit reached ({node.settings.max_subscriptions} per connection)")
+        after, epoch = _parse_since(since)
+        self._pending[channel] = []
+        try:
+            if fresh:
+                self.channels.add(channel)
+                await node.hub.add(self, channel)
+            stream = await node.broker.read(channel, after, history_ttl=ns.history_ttl)
+        except BaseException:
+            self._pending.pop(channel, None)
+            if fresh:
+                self.channels.discard(channel)
+                await node.hub.remove(self, channel)
+            raise
+        pos = stream.position
+        recovered = False
+        publications: list[str] = []
+        last = pos.offset
+        if after is not None and epoch == pos.epoch and after <= pos.offset:
+            if after == pos.offset:
+                recovered = True
+            elif stream.complete:
+                recovered = True
+                publications = [text for _, text in stream.events]
+        data = protocol.subscribe_ack_data(channel, pos.offset, pos.epoch, recovered, publications)
+        return Reply(data, channel, last)
+
+    def release(self, channel: str, last: int) -> None:
+        """Send the live events held during SUBSCRIBE, skipping those up to ``last``."""
+        for offset, text in self._pending.pop(channel, ()):
+            if offset > last:
+                self.send(text)
+
+    async def unsubscribe(self, channel: str) -> None:
+        if channel in self.channels:
+            self.channels.discard(channel)
+            await self.node.hub.remove(self, channel)
+
+
+def _parse_since(since: Any) -> tuple[int | None, str | None]:
+    if since is None:
+        return None, None
+    if not isinstance(since, dict):
+        raise TetherError("bad_request", "'since' must be an object {offset, epoch}")
+    offset, epoch = since.get("offset"), since.get("epoch")
+    if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0:
+        raise TetherError("bad_request", "'since.offset' must be a non-negative integer")
+    if not isinstance(epoch, str):
+        raise TetherError("bad_request", "'since.epoch' must be a string")
+    return offset, epoch

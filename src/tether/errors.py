@@ -1,0 +1,49 @@
+"""One error type for every layer: REST answers it as JSON, WebSocket as an ERROR frame."""
+
+from __future__ import annotations
+
+from typing import Any
+
+#: Error code -> default HTTP status. The codes are the contract (SPEC §3).
+STATUS = {
+    "bad_request": 400,
+    "unauthorized": 401,
+    "forbidden": 403,
+    "not_found": 404,
+    "conflict": 409,
+    "too_large": 413,
+    "rate_limited": 429,
+    "unavailable": 503,
+}
+
+
+class TetherError(Exception):
+    """A refusal with a code from :data:`STATUS` and a message naming the problem.
+
+    ``status`` overrides the HTTP status where the code alone is not precise
+    (422 for a field out of bounds, 412 for a failed ``If-Match``); ``extra``
+    adds fields beside ``code`` and ``message`` (the current document of a 409).
+    """
+
+    def __init__(self, code: str, message: str, *, status: int | None = None, **extra: Any) -> None:
+        assert code in STATUS, code
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.status = status or STATUS[code]
+        self.extra = extra
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"code": self.code, "message": self.message, **self.extra}
+
+
+def bad_request(message: str, *, status: int = 400) -> TetherError:
+    return TetherError("bad_request", message, status=status)
+
+
+def forbidden(message: str) -> TetherError:
+    return TetherError("forbidden", message)
+
+
+def not_found(message: str) -> TetherError:
+    return TetherError("not_found", message)

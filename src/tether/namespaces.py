@@ -1,0 +1,124 @@
+"""Channel namespaces: which rules apply to a channel name (SPEC §3).
+
+A namespace is matched by an ``fnmatch`` pattern (``public.*``, ``users.*``,
+``admin``). The first match wins, so operator overrides (``--channels-file``)
+go in front of the built-in ones. Each says how much history the channel keeps
+and who may subscribe and publish. A rule is a name (``any``, ``owner``,
+``admin``, ``server``, ``none``) or, for a module's own channels, an async
+function that raises :class:`TetherError` to refuse.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Awaitable, Callable, Union
+
+from tether.auth import Identity
+from tether.errors import TetherError, forbidden
+from tether.jsonutil import loads
+
+Check = Callable[[Identity, str], Awaitable[None]]
+Rule = Union[str, Check]
+RULE_NAMES = ("any", "owner", "admin", "server", "none")
+
+
+@dataclass
+class Namespace:
+    pattern: str
+    subscribe: Rule = "any"
+    publish: Rule = "any"
+    history_size: int = 1000
+    history_ttl: float = 3600.0
+    description: str = ""
+    _regex: re.Pattern[str] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._regex = re.compile(fnmatch.translate(self.pattern))
+
+    def matches(self, channel: str) -> bool:
+        return self._regex.match(channel) is not None
+
+
+def owner_of(channel: str) -> str:
+    """``users.alice`` -> ``alice``."""
+    return channel.split(".", 1)[1] if "." in channel else ""
+
+
+async def check(rule: Rule, who: Identity, channel: str, action: str) -> None:
+    if callable(rule):
+        await rule(who, channel)
+        return
+    if who.is_server or rule == "any":
+        return
+    if rule == "owner" and owner_of(channel) == who.user_id:
+        return
+    if rule == "admin" and who.is_admin:
+        return
+    reason = {
+        "owner": f"only its owner may {action} channel {channel!r}",
+        "admin": f"only admin-role tokens may {action} channel {channel!r}",
+        "server": f"only the server API key may {action} channel {channel!r}",
+    }.get(str(rule), f"nobody may {action} channel {channel!r}")
+    raise forbidden(reason)
+
+
+class Namespaces:
+    def __init__(self, namespaces: list[Namespace] | None = None) -> None:
+        self._list: list[Namespace] = list(namespaces or [])
+
+    def add(self, *namespaces: Namespace, first: bool = False) -> None:
+        if first:
+            self._list[0:0] = namespaces
+        else:
+            self._list.extend(namespaces)
+
+    def find(self, channel: str) -> Namespace:
+        for ns in self._list:
+            if ns.matches(channel):
+                return ns
+        raise forbidden(f"no namespace matches channel {channel!r} (see docs/protocol.md: public.*, users.{{id}}, …)")
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        return iter(self._list)
+
+    async def may_subscribe(self, who: Identity, channel: str) -> Namespace:
+        ns = self.find(channel)
+        await check(ns.subscribe, who, channel, "subscribe to")
+        return ns
+
+    async def may_publish(self, who: Identity, channel: str) -> Namespace:
+        ns = self.find(channel)
+        await check(ns.publish, who, channel, "publish to")
+        return ns
+
+
+def builtin(history_size: int, history_ttl: float) -> list[Namespace]:
+    return [
+        Namespace("public.*", "any", "any", history_size, history_ttl, "any signed-in user"),
+        Namespace("users.*", "owner", "owner", history_size, history_ttl, "one user's devices"),
+        Namespace("admin", "admin", "admin", history_size, history_ttl, "admin-role tokens"),
+    ]
+
+
+def load_overrides(path: Path) -> list[Namespace]:
+    """Read ``[{"pattern", "subscribe"?, "publish"?, "history_size"?, "history_ttl"?}]``."""
+    try:
+        items = loads(Path(path).read_bytes())
+    except (OSError, ValueError) as exc:
+        raise SystemExit(f"cannot read channels file {path}: {exc}") from None
+    if not isinstance(items, list):
+        raise SystemExit(f"channels file {path} must hold a JSON list of namespaces")
+    out = []
+    for item in items:
+        if not isinstance(item, dict) or not isinstance(item.get("pattern"), str):
+            raise SystemExit(f"channels file {path}: every entry needs a 'pattern' string")
+        for key in ("subscribe", "publish"):
+            if item.get(key, "any") not in RULE_NAMES:
+                raise SystemExit(f"channels file {path}: {key} must be one of {', '.join(RULE_NAMES)}")
+        out.append(Namespace(**{k: v for k, v in item.items() if k in Namespace.__dataclass_fields__ and not k.startswith("_")}))
+    return out
+
+

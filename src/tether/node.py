@@ -1,0 +1,174 @@
+"""A Tether node: the composition root that wires storage, broker, hub and features.
+
+It owns the one event path, :meth:`Node.publish` (write, store, broker,
+fan-out), and the life of every connection. It knows nothing of sockets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from tether import protocol
+from tether.auth import Authenticator
+from tether.broker.base import Broker, Position
+from tether.config import Settings
+from tether.connection import CLOSE_SHUTDOWN, CLOSE_TIMEOUT, Connection, TokenBucket
+from tether.feature import Feature, Op
+from tether.hub import Hub
+from tether.idempotency import Idempotency
+from tether.metrics import Metrics
+from tether.namespaces import Namespaces, builtin, load_overrides
+from tether.storage.database import Database, open_database
+
+log = logging.getLogger("tether.node")
+
+
+def default_features() -> list[type[Feature]]:
+    from tether.channels import ChannelsFeature
+
+    return [ChannelsFeature]
+
+
+async def open_broker(settings: Settings, db: Database) -> Broker:
+    if settings.redis_url:
+        from tether.broker.redis import RedisBroker  # type: ignore[import-not-found]
+
+        return await RedisBroker.open(settings.redis_url)
+    from tether.broker.memory import MemoryBroker
+
+    return MemoryBroker(db)
+
+
+class Node:
+    db: Database
+    broker: Broker
+    hub: Hub
+    idempotency: Idempotency
+
+    def __init__(self, settings: Settings, features: list[type[Feature]] | None = None) -> None:
+        self.settings = settings
+        self.metrics = Metrics()
+        self.auth = Authenticator(settings)
+        self.namespaces = Namespaces()
+        self.connections: dict[str, Connection] = {}
+        self.users: dict[str, dict[Connection, None]] = {}  # user id -> its local connections
+        self.ops: dict[str, Op] = {}
+        self.features = [cls(self) for cls in (features if features is not None else default_features())]
+        self._user_buckets: dict[str, TokenBucket] = {}
+        self._keepalive_task: asyncio.Task[None] | None = None
+        self.started = False
+
+    def feature(self, cls: type[Feature]) -> Any:
+        for f in self.features:
+            if isinstance(f, cls):
+                return f
+        raise LookupError(cls.__name__)
+
+    async def start(self) -> None:
+        s = self.settings
+        self.db = await open_database(s.database_url, s.data_dir)
+        self.broker = await open_broker(s, self.db)
+        self.hub = Hub(self.broker, self.metrics)
+        await self.broker.start(self.hub.deliver)
+        self.idempotency = Idempotency(self.db, s.idempotency_ttl)
+        await self.idempotency.start()
+        if s.channels_file:
+            self.namespaces.add(*load_overrides(s.channels_file))
+        for f in self.features:
+            self.namespaces.add(*f.namespaces())
+            self.ops.update(f.ops())
+            await f.start()
+        self.namespaces.add(*builtin(s.history_size, s.history_ttl))
+        self._keepalive_task = asyncio.create_task(self._keepalive())
+        self.started = True
+
+    async def stop(self) -> None:
+        if self._keepalive_task:
+            self._keepalive_task.cancel()
+        for conn in list(self.connections.values()):
+            conn.close(CLOSE_SHUTDOWN, "server shutting down")
+        for f in reversed(self.features):
+            await f.stop()
+        await self.broker.close()
+        await self.db.close()
+
+    async def healthy(self) -> bool:
+        return self.started and await self.db.healthy() and await self.broker.healthy()
+
+    # -- the one event path ---------------------------------------------------
+
+    async def publish(self, channel: str, type: str, data: Any, *, exclude: str | None = None) -> Position:
+        """Store an event in the channel's history and fan it out to every node.
+
+        Every event of every module goes through here, so each reaches clients
+        with its channel offset and is recoverable the same way.
+        """
+        ns = self.namespaces.find(channel)
+        started = time.perf_counter()
+        position = await self.broker.publish(
+            channel, type, data, history_size=ns.history_size, history_ttl=ns.history_ttl, exclude=exclude
+        )
+        self.metrics.publishes.inc()
+        self.metrics.publish_latency.observe(time.perf_counter() - started)
+        return position
+
+    # -- connections ------------------------------------------------------------
+
+    async def open(self, conn: Connection) -> None:
+        self.connections[conn.id] = conn
+        self.users.setdefault(conn.user_id, {})[conn] = None
+        self.metrics.connections.inc()
+        conn.send(protocol.frame("CONNECTED", {
+            "userId": conn.user_id,
+            "deviceId": conn.device_id,
+            "connectionId": conn.id,
+            "serverTime": protocol.now_ms(),
+            "pingInterval": self.settings.ping_interval,
+        }))
+        own = f"users.{conn.user_id}"
+        conn.channels.add(own)
+        await self.hub.add(conn, own)
+        for f in self.features:
+            await f.connected(conn)
+
+    async def close(self, conn: Connection) -> None:
+        if self.connections.pop(conn.id, None) is None:
+            return
+        self.metrics.connections.dec()
+        mine = self.users.get(conn.user_id)
+        if mine is not None:
+            mine.pop(conn, None)
+            if not mine:
+                del self.users[conn.user_id]
+                self._user_buckets.pop(conn.user_id, None)
+        for channel in list(conn.channels):
+            await self.hub.remove(conn, channel)
+        for f in self.features:
+            try:
+                await f.disconnected(conn)
+            except Exception:
+                log.exception("%s: disconnect hook failed", f.name)
+
+    def user_rate(self, user_id: str) -> bool:
+        bucket = self._user_buckets.get(user_id)
+        if bucket is None:
+            s = self.settings
+            bucket = self._user_buckets[user_id] = TokenBucket(s.rate_per_user, s.rate_per_user * 2)
+        return bucket.take()
+
+    async def _keepalive(self) -> None:
+        """One timer for all connections: PING the quiet ones, close the silent ones."""
+        interval = self.settings.ping_interval
+        tick = min(1.0, interval / 4)
+        while True:
+            await asyncio.sleep(tick)
+            now = time.monotonic()
+            for conn in list(self.connections.values()):
+                if now - conn.last_seen > 2 * interval:
+                    conn.close(CLOSE_TIMEOUT, f"no frame for {2 * interval:g} s: the link looks dead")
+                elif now - conn.last_ping >= interval:
+                    conn.last_ping = now
+                    conn.send(protocol.ping())

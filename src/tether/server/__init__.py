@@ -1,0 +1,1 @@
+"""The HTTP and WebSocket transport: thin adapters from ASGI to the node."""

@@ -1,0 +1,57 @@
+"""The ASGI application: REST routes of every feature under /api, /ws, /healthz, /metrics."""
+
+from __future__ import annotations
+
+from contextlib import asynccontextmanager
+from typing import AsyncIterator
+
+from fastapi import FastAPI, Request, WebSocket
+from fastapi.responses import JSONResponse, Response
+
+from tether import __version__
+from tether.config import Settings
+from tether.feature import Feature
+from tether.node import Node
+from tether.server import ws
+from tether.server.http import error_body, install_error_handlers
+
+
+def create_app(settings: Settings, features: list[type[Feature]] | None = None) -> FastAPI:
+    node = Node(settings, features)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await node.start()
+        try:
+            yield
+        finally:
+            await node.stop()
+
+    app = FastAPI(
+        title="Tether",
+        version=__version__,
+        description="Realtime sync backend: channels, presence, locks, documents, live sessions.",
+        lifespan=lifespan,
+    )
+    app.state.node = node
+    install_error_handlers(app)
+    for feature in node.features:
+        router = feature.router()
+        if router is not None:
+            app.include_router(router, prefix="/api")
+
+    @app.get("/healthz", tags=["ops"])
+    async def healthz(request: Request) -> Response:
+        if await node.healthy():
+            return JSONResponse({"status": "ok"})
+        return JSONResponse(error_body("unavailable", "storage or broker is unreachable"), status_code=503)
+
+    @app.get("/metrics", tags=["ops"])
+    async def metrics() -> Response:
+        return Response(node.metrics.render(), media_type="text/plain; version=0.0.4")
+
+    @app.websocket("/ws")
+    async def websocket(socket: WebSocket) -> None:
+        await ws.serve(socket)
+
+    return app

@@ -1,0 +1,71 @@
+"""REST plumbing shared by every feature router: who calls, which node, and errors as JSON."""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from tether.auth import Identity
+from tether.errors import STATUS, TetherError
+from tether.node import Node
+
+log = logging.getLogger("tether.http")
+
+_CODE_FOR_STATUS = {v: k for k, v in STATUS.items()} | {405: "bad_request", 412: "conflict", 415: "bad_request", 422: "bad_request"}
+
+
+def get_node(request: Request) -> Node:
+    return request.app.state.node  # type: ignore[no-any-return]
+
+
+def get_caller(request: Request) -> Identity:
+    node: Node = request.app.state.node
+    return node.auth.headers(request.headers.get("authorization"), request.headers.get("x-api-key"))
+
+
+NodeDep = Annotated[Node, Depends(get_node)]
+Caller = Annotated[Identity, Depends(get_caller)]
+
+
+def require_server(who: Identity) -> None:
+    if not who.is_server:
+        raise TetherError("forbidden", "this endpoint needs the server API key (X-API-Key)")
+
+
+def error_body(code: str, message: str, **extra: Any) -> dict[str, Any]:
+    return {"error": {"code": code, "message": message, **extra}}
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(TetherError)
+    async def _tether(request: Request, exc: TetherError) -> JSONResponse:
+        request.app.state.node.metrics.errors.labels(exc.code).inc()
+        return JSONResponse(error_body(exc.code, exc.message, **exc.extra), status_code=exc.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        request.app.state.node.metrics.errors.labels("bad_request").inc()
+        first = exc.errors()[0] if exc.errors() else {}
+        loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path", "header")]
+        where = ".".join(loc) or "body"
+        message = f"{where}: {first.get('msg', 'invalid')}"
+        if first.get("type") == "json_invalid":
+            message = "body is not valid JSON"
+        return JSONResponse(error_body("bad_request", message, field=where), status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = _CODE_FOR_STATUS.get(exc.status_code, "bad_request")
+        return JSONResponse(error_body(code, str(exc.detail)), status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(Exception)
+    async def _crash(request: Request, exc: Exception) -> JSONResponse:
+        # A bug or a lost backend: answer "unavailable" (retryable), never a bare 500.
+        log.exception("%s %s failed", request.method, request.url.path)
+        request.app.state.node.metrics.errors.labels("unavailable").inc()
+        return JSONResponse(error_body("unavailable", "the server could not complete this request; retry"), status_code=503)

@@ -1,0 +1,91 @@
+"""SQLite backend: one connection in WAL mode, writes serialized by an asyncio lock.
+
+WAL with ``synchronous=NORMAL`` keeps every committed transaction across a
+``kill -9`` of the process (only an OS crash may lose the last few), which is
+the durability SPEC §6 asks of the embedded default.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any, AsyncIterator
+
+import aiosqlite
+
+from tether.storage.database import Row
+
+
+class _Queries:
+    def __init__(self, conn: aiosqlite.Connection) -> None:
+        self._conn = conn
+
+    async def execute(self, sql: str, *args: Any) -> int:
+        cur = await self._conn.execute(sql, args)
+        return cur.rowcount
+
+    async def fetchone(self, sql: str, *args: Any) -> Row | None:
+        cur = await self._conn.execute(sql, args)
+        row = await cur.fetchone()
+        return dict(row) if row is not None else None
+
+    async def fetchall(self, sql: str, *args: Any) -> list[Row]:
+        cur = await self._conn.execute(sql, args)
+        return [dict(r) for r in await cur.fetchall()]
+
+
+class SQLiteDatabase:
+    dialect = "sqlite"
+
+    def __init__(self, conn: aiosqlite.Connection, path: Path | str) -> None:
+        self._conn = conn
+        self._q = _Queries(conn)
+        self._lock = asyncio.Lock()
+        self.path = path
+
+    @classmethod
+    async def open(cls, path: Path | str) -> "SQLiteDatabase":
+        conn = await aiosqlite.connect(str(path), isolation_level=None)
+        conn.row_factory = aiosqlite.Row
+        for pragma in ("journal_mode=WAL", "synchronous=NORMAL", "busy_timeout=5000", "foreign_keys=ON"):
+            await conn.execute("PRAGMA " + pragma)
+        return cls(conn, path)
+
+    async def execute(self, sql: str, *args: Any) -> int:
+        async with self._lock:
+            return await self._q.execute(sql, *args)
+
+    async def fetchone(self, sql: str, *args: Any) -> Row | None:
+        async with self._lock:
+            return await self._q.fetchone(sql, *args)
+
+    async def fetchall(self, sql: str, *args: Any) -> list[Row]:
+        async with self._lock:
+            return await self._q.fetchall(sql, *args)
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[_Queries]:
+        async with self._lock:
+            await self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._q
+            except BaseException:
+                await self._conn.execute("ROLLBACK")
+                raise
+            await self._conn.execute("COMMIT")
+
+    async def migrate(self, schema: list[str]) -> None:
+        async with self.transaction() as tx:
+            for statement in schema:
+                await tx.execute(statement)
+
+    async def healthy(self) -> bool:
+        try:
+            await self.fetchone("SELECT 1 AS ok")
+            return True
+        except Exception:
+            return False
+
+    async def close(self) -> None:
+        await self._conn.close()

@@ -1,0 +1,193 @@
+"""Test plumbing: a real `tether serve` process on a free port, and a small WebSocket client."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+import websockets
+
+from tether.jsonutil import dumps, loads
+
+API_KEY = "test-api-key"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class ServerProcess:
+    """`python -m tether serve` in a subprocess: killed, restarted, inspected like the real thing."""
+
+    def __init__(self, data_dir: Path, *args: str, env: dict[str, str] | None = None, port: int | None = None) -> None:
+        self.data_dir = data_dir
+        self.args = list(args)
+        self.env = {**os.environ, "TETHER_API_KEY": API_KEY, "TETHER_LOG_LEVEL": "warning", **(env or {})}
+        self.port = port or free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log = data_dir / f"server-{self.port}.log"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def ws_url(self, token: str) -> str:
+        return f"ws://127.0.0.1:{self.port}/ws?token={quote(token)}"
+
+    def start(self, timeout: float = 20) -> "ServerProcess":
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        cmd = [sys.executable, "-m", "tether", "serve", "--port", str(self.port), "--data-dir", str(self.data_dir), *self.args]
+        self.proc = subprocess.Popen(cmd, env=self.env, stdout=subprocess.DEVNULL, stderr=open(self.log, "ab"))
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}: {self.log.read_text()[-3000:]}")
+            try:
+                if httpx.get(self.url + "/healthz", timeout=1).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError(f"server did not become healthy: {self.log.read_text()[-3000:]}")
+
+    def kill(self) -> None:
+        """SIGKILL: no goodbye, no flush."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def restart(self) -> "ServerProcess":
+        self.stop()
+        return self.start()
+
+    def http(self, token: str | None = None, *, api_key: bool = False) -> httpx.AsyncClient:
+        headers = {}
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        if api_key:
+            headers["X-API-Key"] = API_KEY
+        return httpx.AsyncClient(base_url=self.url, headers=headers, timeout=10)
+
+
+class RequestFailed(Exception):
+    def __init__(self, data: dict[str, Any]) -> None:
+        super().__init__(f"{data.get('code')}: {data.get('message')}")
+        self.code = data.get("code")
+        self.data = data
+
+
+class WsClient:
+    """Reads every frame in the background; replies go to their request, the rest to `events`."""
+
+    _ids = itertools.count(1)
+
+    def __init__(self, ws: Any) -> None:
+        self.ws = ws
+        self.frames: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self._replies: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        self._reader = asyncio.create_task(self._read())
+        self.close_code: int | None = None
+        self.close_reason: str | None = None
+        self.connected: dict[str, Any] | None = None
+
+    @classmethod
+    async def connect(cls, server: ServerProcess, token: str, *, answer_pings: bool = True) -> "WsClient":
+        ws = await websockets.connect(server.ws_url(token), max_size=None)
+        client = cls(ws)
+        client.answer_pings = answer_pings
+        first = await client.next(timeout=5)
+        assert first["type"] == "CONNECTED", first
+        client.connected = first["data"]
+        return client
+
+    answer_pings = True
+
+    async def _read(self) -> None:
+        try:
+            async for raw in self.ws:
+                frame = loads(raw)
+                fid = frame.get("id")
+                if fid is not None and fid in self._replies:
+                    self._replies.pop(fid).set_result(frame)
+                    continue
+                if frame.get("type") == "PING" and self.answer_pings:
+                    await self.ws.send(dumps({"type": "PONG", "data": frame["data"]}))
+                    continue
+                await self.frames.put(frame)
+        except websockets.ConnectionClosed:
+            pass
+        finally:
+            self.close_code = self.ws.close_code
+            self.close_reason = self.ws.close_reason
+            for fut in self._replies.values():
+                if not fut.done():
+                    fut.set_exception(ConnectionError(f"closed {self.close_code} {self.close_reason}"))
+            await self.frames.put({"type": "__CLOSED__", "data": {"code": self.close_code, "reason": self.close_reason}})
+
+    async def send_raw(self, raw: str | bytes) -> None:
+        await self.ws.send(raw)
+
+    async def send(self, type: str, data: dict[str, Any] | None = None) -> None:
+        await self.ws.send(dumps({"type": type, "data": data or {}}))
+
+    async def frame(self, type: str, data: dict[str, Any] | None = None, timeout: float = 10) -> dict[str, Any]:
+        """Send a request with an id; return the whole reply frame (ACK or ERROR)."""
+        rid = f"r{next(self._ids)}"
+        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._replies[rid] = fut
+        await self.ws.send(dumps({"type": type, "data": data or {}, "id": rid}))
+        return await asyncio.wait_for(fut, timeout)
+
+    async def request(self, type: str, data: dict[str, Any] | None = None, timeout: float = 10) -> Any:
+        reply = await self.frame(type, data, timeout)
+        if reply["type"] == "ERROR":
+            raise RequestFailed(reply["data"])
+        assert reply["type"] == "ACK", reply
+        return reply["data"]
+
+    async def next(self, type: str | None = None, *, channel: str | None = None, timeout: float = 10) -> dict[str, Any]:
+        """The next frame (of `type` on `channel`), skipping others."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            remaining = deadline - asyncio.get_running_loop().time()
+            frame = await asyncio.wait_for(self.frames.get(), max(remaining, 0.001))
+            if frame["type"] == "__CLOSED__" and type != "__CLOSED__":
+                raise ConnectionError(f"closed while waiting for {type}: {frame['data']}")
+            if (type is None or frame["type"] == type) and (channel is None or frame.get("channel") == channel):
+                return frame
+
+    async def nothing(self, type: str | None = None, *, channel: str | None = None, wait: float = 0.3) -> None:
+        """Assert no matching frame arrives within `wait` seconds."""
+        try:
+            frame = await self.next(type, channel=channel, timeout=wait)
+        except asyncio.TimeoutError:
+            return
+        raise AssertionError(f"unexpected frame {frame}")
+
+    async def closed(self, timeout: float = 10) -> tuple[int | None, str | None]:
+        await self.next("__CLOSED__", timeout=timeout)
+        return self.close_code, self.close_reason
+
+    async def close(self) -> None:
+        await self.ws.close()
+        self._reader.cancel()
