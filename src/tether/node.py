@@ -48,6 +48,8 @@ class Node:
     hub: Hub
     idempotency: Idempotency
 
+    redis: Any = None  # a redis.asyncio.Redis when TETHER_REDIS_URL is set; features keep their state there
+
     def __init__(self, settings: Settings, features: list[type[Feature]] | None = None) -> None:
         self.settings = settings
         self.metrics = Metrics()
@@ -70,6 +72,10 @@ class Node:
     async def start(self) -> None:
         s = self.settings
         self.db = await open_database(s.database_url, s.data_dir)
+        if s.redis_url:
+            import redis.asyncio
+
+            self.redis = redis.asyncio.from_url(s.redis_url)
         self.broker = await open_broker(s, self.db)
         self.hub = Hub(self.broker, self.metrics)
         await self.broker.start(self.hub.deliver)
@@ -94,6 +100,8 @@ class Node:
             await f.stop()
         await self.broker.close()
         await self.db.close()
+        if self.redis is not None:
+            await self.redis.aclose()
 
     async def healthy(self) -> bool:
         return self.started and await self.db.healthy() and await self.broker.healthy()
