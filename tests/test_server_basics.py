@@ -125,3 +125,19 @@ async def test_cli_tail_and_publish(shared_server: ServerProcess) -> None:
     assert down.returncode == 1 and "tether serve" in down.stderr
 
 
+
+
+async def test_jwt_rs256_with_a_public_key(server_factory, tmp_path) -> None:
+    import jwt as pyjwt
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    (tmp_path / "pub.pem").write_bytes(pem)
+    srv = server_factory("--auth", "jwt", env={"TETHER_JWT_PUBLIC_KEY": str(tmp_path / "pub.pem")})
+    import time as _t
+    token = pyjwt.encode({"sub": "rita", "exp": int(_t.time()) + 60}, key, algorithm="RS256")
+    c = await WsClient.connect(srv, token)
+    assert c.connected["userId"] == "rita"
+    await c.close()
