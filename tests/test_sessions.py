@@ -122,6 +122,10 @@ async def test_same_operations_over_websocket(shared_server) -> None:
     assert err.value.code == "bad_request" and err.value.data["field"] == "message_type"
     left = await ben.request("SESSION_LEAVE", {"session_id": sid})
     assert left["session"]["current_participants"] == 1 and left["participant"]["left_at"]
+    assert (await ben.next("PARTICIPANT_LEFT", channel=f"sessions.{sid}"))["data"]["participant"]["user_id"] == "ben"
+    await ben.next("MESSAGE_CREATED", channel=f"sessions.{sid}")  # "Ben left"
+    await ann.request("SESSION_MESSAGE", {"session_id": sid, "message": "said after ben left"})
+    await ben.nothing(channel=f"sessions.{sid}")  # a leaver's subscription is dropped
     with pytest.raises(RequestFailed) as err:  # left: no more reading the chat
         await ben.request("SESSION_MESSAGES", {"session_id": sid})
     assert err.value.code == "forbidden"
@@ -350,3 +354,15 @@ async def test_concurrent_messages_keep_one_order(shared_server) -> None:
     live = [await listener.next("MESSAGE_CREATED", channel=f"sessions.{sid}") for _ in range(20)]
     assert [e["data"]["seq"] for e in live] == sorted(e["data"]["seq"] for e in live)
     await listener.close()
+
+
+async def test_retried_create_with_idempotency_key_creates_once(shared_server) -> None:
+    watcher = await WsClient.connect(shared_server, "idem-watch")
+    await watcher.request("SUBSCRIBE", {"channel": "sessions"})
+    async with shared_server.http("idem") as h:
+        first = await h.post("/api/sessions", json={"title": "Once"}, headers={"Idempotency-Key": "k1"})
+        again = await h.post("/api/sessions", json={"title": "Once"}, headers={"Idempotency-Key": "k1"})
+    assert first.status_code == again.status_code == 201 and first.json() == again.json()
+    assert (await watcher.next("SESSION_CREATED", channel="sessions"))["data"]["id"] == first.json()["id"]
+    await watcher.nothing("SESSION_CREATED", channel="sessions")
+    await watcher.close()

@@ -455,7 +455,10 @@ class Sessions:
                     """UPDATE sessions SET current_participants = current_participants + 1
                        WHERE id = ? AND is_active = 1 AND current_participants < max_participants""", sid)
                 if not seated:  # raising rolls the participant row back
-                    raise conflict(f"session is full: all {s['max_participants']} seats are taken")
+                    now_row = await self._row(tx, sid)
+                    if not now_row["is_active"]:
+                        raise conflict("this session has ended")
+                    raise conflict(f"session is full: all {now_row['max_participants']} seats are taken")
                 message = await self._system(tx, sid, f"{name} joined")
                 session = session_out(await self._row(tx, sid))
             participant = participant_out(part, session["host_id"])  # type: ignore[arg-type]
