@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import httpx
+import pytest
 
 from tests.helpers import WsClient
 
@@ -103,3 +104,24 @@ async def test_sessions_participants_and_messages_survive_a_restart(server) -> N
     assert ack2["recovered"] is True
     assert [p["data"]["message"] for p in ack2["publications"]] == ["after"]
     await ws.close()
+
+
+async def test_racing_joins_on_postgresql(server_factory) -> None:
+    """The same seat guarantee on PostgreSQL, where transactions really run concurrently."""
+    from tests.services import need_postgres
+
+    url = need_postgres()
+    pytest.importorskip("tether.storage.postgres", reason="PostgreSQL backend not merged yet")
+    srv = server_factory(env={"TETHER_DATABASE_URL": url})
+    async with srv.http("pghost") as h:
+        sid = (await h.post("/api/sessions", json={"title": "PG room", "max_participants": 10})).json()["id"]
+
+    async def join(token: str) -> httpx.Response:
+        async with srv.http(token) as c:
+            return await c.post(f"/api/sessions/{sid}/join")
+
+    replies = await asyncio.gather(*[join(f"pg{i}") for i in range(30)], *[join(f"pgmulti:d{i}") for i in range(5)])
+    assert sum(r.status_code == 200 and r.json()["joined"] for r in replies) == 9
+    assert all(r.status_code in (200, 409) for r in replies)
+    async with srv.http("pghost") as h:
+        assert (await h.get(f"/api/sessions/{sid}")).json()["current_participants"] == 10
