@@ -28,8 +28,11 @@ log = logging.getLogger("tether.node")
 
 def default_features() -> list[type[Feature]]:
     from tether.channels import ChannelsFeature
+    from tether.devices import DevicesFeature
+    from tether.events import EventsFeature
+    from tether.streams import StreamsFeature
 
-    return [ChannelsFeature]
+    return [ChannelsFeature, EventsFeature, DevicesFeature, StreamsFeature]
 
 
 async def open_broker(settings: Settings, db: Database) -> Broker:
