@@ -189,8 +189,9 @@ class StreamsFeature(Feature):
             if live.flusher is not None:
                 live.flusher.cancel()
                 live.flusher = None
-            if final is None:
-                final = "".join(live.chunks + live.buffer)
+            if final is None:  # publish the tail, so a reader that only appends deltas ends complete too
+                await self._flush(live)
+                final = "".join(live.chunks)
             live.buffer.clear()
             self.live.pop(live.stream_id, None)
             now = time.time()
