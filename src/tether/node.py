@@ -28,8 +28,10 @@ log = logging.getLogger("tether.node")
 
 def default_features() -> list[type[Feature]]:
     from tether.channels import ChannelsFeature
+    from tether.locks import LocksFeature
+    from tether.presence import PresenceFeature
 
-    return [ChannelsFeature]
+    return [ChannelsFeature, PresenceFeature, LocksFeature]
 
 
 async def open_broker(settings: Settings, db: Database) -> Broker:
