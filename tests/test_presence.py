@@ -190,3 +190,20 @@ async def gauge_reads(server: ServerProcess, name: str, value: float) -> None:
                 return
             await asyncio.sleep(0.05)
     raise AssertionError(f"{name} never read {value}")
+
+
+async def test_presence_of_a_channel_key_follows_that_channels_rules(shared_server: ServerProcess) -> None:
+    """users.bob is bob's own channel: its presence is bob's too."""
+    alice = await WsClient.connect(shared_server, "alice")
+    with pytest.raises(RequestFailed) as err:
+        await alice.request("SUBSCRIBE", {"channel": "presence.users.bob"})
+    assert err.value.code == "forbidden"
+    async with shared_server.http("alice") as http:
+        assert (await http.get("/api/presence/users.bob")).status_code == 403
+        assert (await http.post("/api/presence/users.bob", json={"user_id": "alice"})).status_code == 403
+        assert (await http.get("/api/presence/public.lobby")).status_code == 200  # public.*: anyone
+    bob = await WsClient.connect(shared_server, "bob")
+    await bob.request("SUBSCRIBE", {"channel": "presence.users.bob", "presence": True})
+    async with shared_server.http("bob") as http:
+        assert (await http.get("/api/presence/users.bob")).json() == {"users": ["bob"]}
+    await alice.close(); await bob.close()

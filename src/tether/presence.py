@@ -32,7 +32,7 @@ import orjson
 from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
-from tether import protocol
+from tether import namespaces, protocol
 from tether.auth import Identity
 from tether.connection import Connection
 from tether.errors import TetherError, forbidden
@@ -277,8 +277,21 @@ class PresenceFeature(Feature):
         return float(self.node.settings.presence_ttl)
 
     def namespaces(self) -> list[Namespace]:
-        # Any signed-in user may watch who is present; only the server publishes presence events.
-        return [Namespace(f"{PREFIX}*", "any", "none", 100, 600.0, "presence events of a key")]
+        # Watching follows the key's own channel rules (see guard); only the server publishes.
+        async def may_watch(who: Identity, channel: str) -> None:
+            await self.guard(who, key_of(channel))
+
+        return [Namespace(f"{PREFIX}*", may_watch, "none", 100, 600.0, "presence events of a key")]
+
+    async def guard(self, who: Identity, key: str) -> None:
+        """Presence of a key that is a channel (``sessions.x``, ``users.bob``) is for those who
+        may subscribe to that channel; a plain key (``room1``) is open to every signed-in user."""
+        protocol.check_channel(key, "key")
+        try:
+            ns = self.node.namespaces.find(key)
+        except TetherError:
+            return
+        await namespaces.check(ns.subscribe, who, key, "see or join the presence of")
 
     async def start(self) -> None:
         node = self.node
@@ -375,15 +388,15 @@ class PresenceFeature(Feature):
     def router(self) -> APIRouter:
         router = APIRouter(tags=["presence"])
 
-        def check(who: Identity, key: str, user_id: str) -> None:
-            protocol.check_channel(key, "key")
+        async def check(who: Identity, key: str, user_id: str) -> None:
+            await self.guard(who, key)
             if not who.may_act_for(user_id):
                 raise forbidden("user_id must be your own user (only the server API key may act for others)")
 
         @router.post("/presence/{key}")
         async def heartbeat(key: str, body: Heartbeat, who: Caller) -> dict[str, Any]:
             """Heartbeat: the user stays present for the presence TTL. Answers `{}`."""
-            check(who, key, body.user_id)
+            await check(who, key, body.user_id)
             state = encode_state(body.state) if "state" in body.model_fields_set else None
             await self.join(key, body.user_id, "rest:" + source_device(who), state)
             return {}
@@ -391,7 +404,7 @@ class PresenceFeature(Feature):
         @router.get("/presence/{key}")
         async def listing(key: str, who: Caller, states: bool = False) -> dict[str, Any]:
             """`{"users": [...]}` (sorted); `?states=true` adds `"states": {user_id: state}`."""
-            protocol.check_channel(key, "key")
+            await self.guard(who, key)
             members = await self.users(key)
             out: dict[str, Any] = {"users": sorted(members)}
             if states:
@@ -401,7 +414,7 @@ class PresenceFeature(Feature):
         @router.delete("/presence/{key}/{user_id}")
         async def leave(key: str, user_id: str, who: Caller) -> dict[str, Any]:
             """End this device's heartbeat (every REST heartbeat of the user with the API key). Answers `{}`."""
-            check(who, key, user_id)
+            await check(who, key, user_id)
             if who.is_server:
                 await self.leave(key, user_id, "rest:", prefix=True)
             else:
