@@ -113,6 +113,8 @@ async def test_state_change_is_presence_updated_never_leave_and_join(shared_serv
         assert (await watcher.next())["type"] == "PRESENCE_UPDATED"
         body = (await http.get("/api/presence/doc7", params={"states": "true"})).json()
         assert body == {"users": ["dan"], "states": {"dan": {"typing": False}}}
+        r = await http.post("/api/presence/doc7", json={"user_id": "dan", "state": "x" * 5000})
+        assert r.status_code == 413 and r.json()["error"]["field"] == "state"
     await dan.close(); await watcher.close()
 
 

@@ -43,6 +43,7 @@ from tether.server.http import Caller
 log = logging.getLogger("tether.presence")
 
 PREFIX = "presence."
+MAX_STATE = 4096  # bytes of JSON per member: presence state is a status, not a document
 USER_ID = r"^[A-Za-z0-9_.@+\-]{1,128}$"
 
 
@@ -247,9 +248,12 @@ def _text(value: Any) -> str:
 def encode_state(state: Any) -> str:
     """Canonical JSON, so an unchanged state compares equal and raises no PRESENCE_UPDATED."""
     try:
-        return orjson.dumps(state, option=orjson.OPT_SORT_KEYS).decode()
+        text = orjson.dumps(state, option=orjson.OPT_SORT_KEYS).decode()
     except TypeError as exc:
         raise TetherError("bad_request", f"state must be JSON: {exc}", status=422, field="state") from None
+    if len(text) > MAX_STATE:
+        raise TetherError("too_large", f"state is {len(text)} bytes of JSON; the limit is {MAX_STATE}", field="state")
+    return text
 
 
 def key_of(channel: str) -> str:
