@@ -28,8 +28,9 @@ log = logging.getLogger("tether.node")
 
 def default_features() -> list[type[Feature]]:
     from tether.channels import ChannelsFeature
+    from tether.documents import DocumentsFeature
 
-    return [ChannelsFeature]
+    return [ChannelsFeature, DocumentsFeature]
 
 
 async def open_broker(settings: Settings, db: Database) -> Broker:
