@@ -15,7 +15,7 @@ import secrets
 import time
 import zlib
 from datetime import datetime, timezone
-from typing import Annotated, Any, Callable, Literal
+from typing import Annotated, Any, Callable, Literal, Sequence
 
 from fastapi import APIRouter, Header, Path, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StringConstraints, ValidationError
@@ -83,7 +83,7 @@ IdP = Annotated[str, Path(pattern=ID_PATTERN, description="document id")]
 IdemKey = Annotated[str | None, Header(alias="Idempotency-Key")]
 IfMatch = Annotated[str | None, Header(alias="If-Match")]
 IfNoneMatch = Annotated[str | None, Header(alias="If-None-Match")]
-Limit = Annotated[int, Query(ge=1, le=1000)]
+Limit = Annotated[int, Query(ge=1, le=MAX_LIMIT)]
 After = Annotated[str | None, Query(pattern=ID_PATTERN)]
 Version = Annotated[int | None, Query(ge=1)]
 
@@ -208,7 +208,7 @@ def _lookup(data: Any, path: tuple[str, ...]) -> tuple[bool, Any]:
     return True, data
 
 
-def _matches(data: Any, filters: list[Filter]) -> bool:
+def _matches(data: Any, filters: Sequence[Filter]) -> bool:
     for path, predicate in filters:
         present, value = _lookup(data, path)
         if not present or not predicate(value):
@@ -274,7 +274,7 @@ class Documents:
         return await self.readable(who, collection, doc_id)
 
     async def list(self, who: Identity, collection: str, *, limit: int = 50, after: str | None = None,
-                   filters: list[Filter] = ()) -> dict[str, Any]:  # type: ignore[assignment]
+                   filters: Sequence[Filter] = ()) -> dict[str, Any]:
         """A page in id order; ``next`` is the cursor for the page after (``None`` at the end).
 
         Data filters are applied as rows are read, at most ``SCAN_LIMIT`` rows per
