@@ -191,7 +191,10 @@ def _row_to_doc(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def _sized(data: Any) -> str:
-    text = dumps(data)
+    try:
+        text = dumps(data)
+    except TypeError as exc:  # orjson refuses nesting deeper than 254 levels
+        raise invalid("data", f"cannot be stored: {exc}") from None
     if len(text) > MAX_DATA_BYTES:
         raise TetherError("too_large", f"data: {len(text)} bytes exceeds the limit of {MAX_DATA_BYTES}", field="data")
     return text
