@@ -29,13 +29,17 @@ log = logging.getLogger("tether.node")
 def default_features() -> list[type[Feature]]:
     from tether.channels import ChannelsFeature
     from tether.devices import DevicesFeature
+    from tether.documents import DocumentsFeature
     from tether.events import EventsFeature
     from tether.locks import LocksFeature
     from tether.presence import PresenceFeature
     from tether.sessions import SessionsFeature
     from tether.streams import StreamsFeature
 
-    return [ChannelsFeature, PresenceFeature, LocksFeature, SessionsFeature, EventsFeature, DevicesFeature, StreamsFeature]
+    return [
+        ChannelsFeature, PresenceFeature, LocksFeature, DocumentsFeature,
+        SessionsFeature, EventsFeature, DevicesFeature, StreamsFeature,
+    ]
 
 
 async def open_broker(settings: Settings, db: Database) -> Broker:
