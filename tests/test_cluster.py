@@ -197,3 +197,27 @@ async def _status(http: httpx.AsyncClient, code: int) -> bool:
         return (await http.get("/healthz")).status_code == code
     except httpx.HTTPError:
         return False
+
+
+async def test_tether_migrate_creates_the_schema_in_postgresql(tmp_path: Path) -> None:
+    import os
+    import sys
+
+    import asyncpg
+
+    from tests.services import need_postgres, with_query
+
+    url, schema = need_postgres(), unique("migrate_")
+    env = {k: v for k, v in os.environ.items() if k not in ("TETHER_REDIS_URL", "TETHER_DATABASE_URL")}
+    for _ in range(2):  # idempotent
+        out = subprocess.run(
+            [sys.executable, "-m", "tether", "migrate", "--database-url", with_query(url, schema=schema),
+             "--data-dir", str(tmp_path)], env=env, capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        assert "schema is up to date" in out.stdout
+    conn = await asyncpg.connect(url)
+    tables = {r["table_name"] for r in await conn.fetch(
+        "SELECT table_name FROM information_schema.tables WHERE table_schema = $1", schema)}
+    await conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+    await conn.close()
+    assert {"channel_positions", "channel_history", "idempotency"} <= tables
