@@ -27,7 +27,7 @@ class Hub:
             subs[conn] = None
             joining = self._joining[channel] = asyncio.ensure_future(self.broker.subscribe(channel))
             try:
-                await joining
+                await asyncio.shield(joining)  # a cancelled caller must not cancel it for the others
             finally:
                 if self._joining.get(channel) is joining:
                     del self._joining[channel]
