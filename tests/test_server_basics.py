@@ -34,6 +34,7 @@ async def test_rest_errors_are_json_with_a_code(shared_server) -> None:
     async with shared_server.http("alice") as http:
         r = await http.post("/api/channels/public.x/publish", content=b"{nope", headers={"content-type": "application/json"})
         assert r.status_code == 422 and r.json()["error"]["code"] == "bad_request"
+        assert r.json()["error"]["field"] == "body" and "not valid JSON" in r.json()["error"]["message"]
         r = await http.post("/api/channels/public.x/publish", json={"type": "PUBLICATION"})
         assert r.status_code == 422 and r.json()["error"]["field"] == "data"
         r = await http.post("/api/channels/public.x/publish", json={"type": "lower", "data": 1})

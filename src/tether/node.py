@@ -28,8 +28,9 @@ log = logging.getLogger("tether.node")
 
 def default_features() -> list[type[Feature]]:
     from tether.channels import ChannelsFeature
+    from tether.sessions import SessionsFeature
 
-    return [ChannelsFeature]
+    return [ChannelsFeature, SessionsFeature]
 
 
 async def open_broker(settings: Settings, db: Database) -> Broker:
