@@ -221,3 +221,22 @@ async def test_tether_migrate_creates_the_schema_in_postgresql(tmp_path: Path) -
     await conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
     await conn.close()
     assert {"channel_positions", "channel_history", "idempotency"} <= tables
+
+
+async def test_a_session_fills_to_exactly_its_seat_limit_under_joins_spread_across_nodes(cluster: Cluster) -> None:
+    nodes = cluster.nodes
+    async with nodes[0].http("host") as h:
+        r = await h.post("/api/sessions", json={"title": "cluster room", "max_participants": 12})
+        assert r.status_code in (200, 201), r.text
+        sid = r.json()["id"]
+
+    async def join(i: int) -> httpx.Response:
+        async with nodes[i % 3].http(f"guest{i}") as c:
+            return await c.post(f"/api/sessions/{sid}/join")
+
+    replies = await asyncio.gather(*(join(i) for i in range(45)))
+    assert all(r.status_code in (200, 409) for r in replies), [r.text for r in replies if r.status_code not in (200, 409)]
+    assert sum(r.status_code == 200 and r.json()["joined"] for r in replies) == 11  # the host holds a seat
+    for node in nodes:  # every node reads the same count from PostgreSQL
+        async with node.http("host") as h:
+            assert (await h.get(f"/api/sessions/{sid}")).json()["current_participants"] == 12
