@@ -34,6 +34,8 @@ def main() -> None:
 @click.option("--api-key", envvar=_env("api_key"), help="Key that backends send as X-API-Key.")
 @click.option("--database-url", envvar=_env("database_url"), help="postgresql://… to store in PostgreSQL.")
 @click.option("--redis-url", envvar=_env("redis_url"), help="redis://… for broker, history, presence and locks.")
+@click.option("--redis-prefix", default="tether:", show_default=True, envvar=_env("redis_prefix"),
+              help="Prefix of every Redis key and pub/sub channel (several services may share one Redis).")
 @click.option("--presence-ttl", type=float, default=30.0, show_default=True, envvar=_env("presence_ttl"),
               help="Seconds a REST heartbeat keeps a user present.")
 @click.option("--ping-interval", type=float, default=25.0, show_default=True, envvar=_env("ping_interval"),

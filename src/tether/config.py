@@ -19,6 +19,7 @@ class Settings:
     api_key: str | None = None
     database_url: str | None = None  # postgresql://… switches storage to PostgreSQL
     redis_url: str | None = None  # redis://… switches broker, history, presence, locks to Redis
+    redis_prefix: str = "tether:"  # every Redis key and pub/sub channel starts with it (services sharing a Redis)
     presence_ttl: float = 30.0
     ping_interval: float = 25.0
     max_frame_bytes: int = 64 * 1024
