@@ -34,8 +34,8 @@ class ChannelsFeature(Feature):
             for f in self.node.features:
                 await f.subscribed(conn, channel, data)
         except BaseException:
-            conn.release(channel, reply.last)
-            await self.unsubscribe(conn, {"channel": channel})
+            conn.drop(channel)  # a refused subscriber gets none of the events held meanwhile
+            await self.node.hub.remove(conn, channel)
             raise
         return reply
 

@@ -73,6 +73,7 @@ class Connection:
         self.channels: set[str] = set()
         self.state: dict[str, Any] = {}  # per-feature scratch (presence keys, locks to release, …)
         self._pending: dict[str, list[tuple[int, str]]] = {}
+        self._sent: dict[str, int] = {}  # channel -> last offset sent: the server never sends one twice
         self._queue: deque[str] = deque()
         self._wakeup = asyncio.Event()
         self._limit = node.settings.send_queue_frames
@@ -112,7 +113,8 @@ class Connection:
         pending = self._pending.get(channel)
         if pending is not None:  # mid-SUBSCRIBE: hold until the ACK has gone out
             pending.append((offset, text))
-        else:
+        elif offset > self._sent.get(channel, 0):  # a broker filling a gap may hand an event over twice
+            self._sent[channel] = offset
             self.send(text)
 
     def close(self, code: int, reason: str) -> None:
@@ -210,7 +212,7 @@ class Connection:
         if fresh and len(self.channels) >= node.settings.max_subscriptions:
             raise TetherError("too_large", f"subscription limit reached ({node.settings.max_subscriptions} per connection)")
         after, epoch = _parse_since(since)
-        self._pending[channel] = []
+        self.hold(channel)
         try:
             if fresh:
                 self.channels.add(channel)
@@ -232,18 +234,33 @@ class Connection:
             elif stream.complete:
                 recovered = True
                 publications = [text for _, text in stream.events]
+                last = max(last, stream.events[-1][0])
         data = protocol.subscribe_ack_data(channel, pos.offset, pos.epoch, recovered, publications)
         return Reply(data, channel, last)
 
+    def hold(self, channel: str) -> bool:
+        """Hold back live events of ``channel`` until :meth:`release`; False if already held."""
+        if channel in self._pending:
+            return False
+        self._pending[channel] = []
+        return True
+
     def release(self, channel: str, last: int) -> None:
-        """Send the live events held during SUBSCRIBE, skipping those up to ``last``."""
+        """Send the live events held during SUBSCRIBE, skipping those up to ``last``
+        (the ACK carried them)."""
+        self._sent[channel] = max(last, self._sent.get(channel, 0))
         for offset, text in self._pending.pop(channel, ()):
-            if offset > last:
-                self.send(text)
+            self.deliver(channel, offset, text)
+
+    def drop(self, channel: str) -> None:
+        """Forget a channel this connection may no longer receive, held events included."""
+        self.channels.discard(channel)
+        self._pending.pop(channel, None)
+        self._sent.pop(channel, None)
 
     async def unsubscribe(self, channel: str) -> None:
         if channel in self.channels:
-            self.channels.discard(channel)
+            self.drop(channel)
             await self.node.hub.remove(self, channel)
 
 

@@ -226,10 +226,9 @@ async def holding_user_channel(conn: "Connection") -> AsyncIterator[None]:
     """Hold live events on ``users.{id}`` while a snapshot is read and sent, so no live
     event is overtaken by an older snapshot (the same hold SUBSCRIBE uses)."""
     channel = f"users.{conn.user_id}"
-    if channel in conn._pending:  # already held by someone else
+    if not conn.hold(channel):  # already held by someone else
         yield
         return
-    conn._pending[channel] = []
     try:
         yield
     finally:

@@ -498,7 +498,6 @@ class DocumentsFeature(Feature):
             return
         doc = await self.docs.load(parsed[0], parsed[2])
         if doc is None or not may_read(conn.identity, grant_of(doc)):
-            conn._pending.pop(channel, None)  # events held during SUBSCRIBE must not reach a refused subscriber
             raise forbidden(f"no document {parsed[2]!r} you may read in collection {parsed[0]!r}")
 
     def revoke(self, notice: dict[str, Any]) -> None:
@@ -512,18 +511,9 @@ class DocumentsFeature(Feature):
         for conn in list(subs):
             if conn.identity.is_server or (grant is not None and may_read(conn.identity, grant)):
                 continue
-            del subs[conn]
-            conn.channels.discard(channel)
-            conn._pending.pop(channel, None)
+            self.node.hub.discard(conn, channel)
             reason = "document deleted" if grant is None else "read access revoked"
             conn.send(protocol.frame("UNSUBSCRIBED", {"channel": channel, "reason": reason}, channel=channel))
-        if not subs:
-            asyncio.get_running_loop().create_task(self._tidy(channel))
-
-    async def _tidy(self, channel: str) -> None:
-        if self.node.hub.channels.get(channel) == {}:
-            del self.node.hub.channels[channel]
-            await self.node.broker.unsubscribe(channel)
 
     # -- WebSocket requests --------------------------------------------------------
 

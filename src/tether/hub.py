@@ -46,6 +46,20 @@ class Hub:
             del self.channels[channel]
             await self.broker.unsubscribe(channel)
 
+    def discard(self, conn: "Connection", channel: str) -> None:
+        """Remove at once, from inside a delivery (no await): the broker is told later."""
+        subs = self.channels.get(channel)
+        if subs is None or subs.pop(conn, False) is False:
+            return
+        conn.drop(channel)
+        if not subs:
+            del self.channels[channel]
+            asyncio.get_running_loop().create_task(self._unsubscribe_if_empty(channel))
+
+    async def _unsubscribe_if_empty(self, channel: str) -> None:
+        if channel not in self.channels:
+            await self.broker.unsubscribe(channel)
+
     def lost(self, channel: str) -> None:
         """The broker cannot vouch for the channel's feed: make its subscribers reconnect
         and resubscribe with ``since`` (recovering from history, or learning ``recovered: false``)."""
