@@ -107,6 +107,12 @@ class Node:
             self._keepalive_task.cancel()
         for conn in list(self.connections.values()):
             conn.close(CLOSE_SHUTDOWN, "server shutting down")
+        # Let the transports finish closing, so disconnect hooks (presence leaves,
+        # device goodbyes) still reach the broker before it closes.
+        for _ in range(50):
+            if not self.connections:
+                break
+            await asyncio.sleep(0.05)
         for f in reversed(self.features):
             await f.stop()
         await self.broker.close()
