@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import resource
 import sys
 import time
@@ -77,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         for w in workloads:
             for s in systems:
                 step = progress.add_task(f"{w} · {s}", total=None)
+                os.environ["BENCH_WORKLOAD"] = w  # names the profile file when BENCH_PROFILE is set
 
                 def status(text: str, step: int = step, w: str = w, s: str = s) -> None:
                     progress.update(step, description=f"{w} · {s}: {text}")

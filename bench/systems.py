@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -71,6 +72,14 @@ class Server:
         self.proc = subprocess.Popen(cmd, env=env, stdout=self.log, stderr=subprocess.STDOUT, cwd=ROOT)
         self.pid = self.proc.pid
         self._wait()
+        self.profiler: subprocess.Popen[bytes] | None = None
+        if os.environ.get("BENCH_PROFILE") and system != "socket.io-node":
+            # py-spy attached to the server: collapsed stacks, summarized by bench/profile.py
+            out = Path(os.environ["BENCH_PROFILE"]) / f"{system}-{os.environ.get('BENCH_WORKLOAD', 'run')}.txt"
+            out.parent.mkdir(parents=True, exist_ok=True)
+            self.profiler = subprocess.Popen(["py-spy", "record", "--pid", str(self.pid), "--rate", "250", "--format", "raw",
+                                              "--output", str(out), "--nonblocking"],
+                                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def _wait(self, timeout: float = 30) -> None:
         deadline = time.monotonic() + timeout
@@ -91,6 +100,9 @@ class Server:
         return rss(self.pid)
 
     def stop(self) -> None:
+        if self.profiler is not None:
+            self.profiler.send_signal(signal.SIGINT)
+            self.profiler.wait(30)
         if self.proc.poll() is None:
             self.proc.terminate()
             try:
