@@ -28,8 +28,12 @@ log = logging.getLogger("tether.node")
 
 def default_features() -> list[type[Feature]]:
     from tether.channels import ChannelsFeature
+    from tether.devices import DevicesFeature
+    from tether.events import EventsFeature
+    from tether.sessions import SessionsFeature
+    from tether.streams import StreamsFeature
 
-    return [ChannelsFeature]
+    return [ChannelsFeature, SessionsFeature, EventsFeature, DevicesFeature, StreamsFeature]
 
 
 async def open_broker(settings: Settings, db: Database) -> Broker:
