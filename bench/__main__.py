@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--systems", default=",".join(SYSTEMS), help="comma-separated, from: " + ", ".join(SYSTEMS))
     ap.add_argument("--workloads", default=",".join(run.WORKLOADS), help="comma-separated, from: " + ", ".join(run.WORKLOADS))
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "latest.json")
-    ap.add_argument("--chart", type=Path, default=ROOT / "docs" / "benchmarks.png", help="PNG to write ('' for none)")
+    ap.add_argument("--chart", default=str(ROOT / "docs" / "benchmarks.png"), help="PNG to write ('' for none)")
     for f in dataclasses.fields(run.Sizes):
         ap.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=None, help=f"override size (full: {f.default})")
     args = ap.parse_args(argv)
@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     console.print(f"wrote {args.out}")
     if str(args.chart):
         try:
-            chart(results, args.chart)
+            chart(results, Path(args.chart))
             console.print(f"wrote {args.chart}")
         except ImportError:
             console.print("[yellow]no chart: matplotlib is not installed (pip install -e '.[bench]')[/]")
@@ -128,7 +128,7 @@ def table(results: dict[str, Any], workloads: list[str], systems: list[str]) -> 
     t = Table(title="Tether vs peers (same machine, same run)")
     t.add_column("workload")
     t.add_column("system")
-    for m in ["deliveries/s", "p50 ms", "p99 ms", "p99.9 ms", "bytes/conn", "server CPU %", "loadgen CPU %"]:
+    for m in ["deliveries/s", "p50 ms", "p99 ms", "p99.9 ms", "bytes/conn", "per server CPU-s", "server CPU %", "loadgen CPU %"]:
         t.add_column(m, justify="right")
     for w in workloads:
         for s in systems:
@@ -136,7 +136,7 @@ def table(results: dict[str, Any], workloads: list[str], systems: list[str]) -> 
             if "error" in r:
                 t.add_row(w, s, f"[red]{r['error'][:60]}[/]")
                 continue
-            t.add_row(w, s, *(_fmt(r.get(k)) for k in METRICS + ["server_cpu_pct", "loadgen_cpu_pct"]))
+            t.add_row(w, s, *(_fmt(r.get(k)) for k in METRICS + ["deliveries_per_server_cpu_s", "server_cpu_pct", "loadgen_cpu_pct"]))
     return t
 
 

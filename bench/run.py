@@ -125,6 +125,8 @@ def saturate(load: Load, server: Server, plan: list[tuple[str, int]], budget: in
     wall = t1 - t0
     return {
         "deliveries_per_s": round((d1 - d0) / wall),
+        # On a shared machine the server may not get a whole core; this one is comparable anyway.
+        "deliveries_per_server_cpu_s": round((d1 - d0) / (s1 - s0)) if s1 > s0 else None,
         "server_cpu_pct": round(100 * (s1 - s0) / wall),
         "loadgen_cpu_pct": round(100 * (c1 - c0) / wall),
     }

@@ -20,6 +20,7 @@ from uvicorn.protocols.utils import ClientDisconnected
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 EXTENSION = "tether.send_frames"
+WRITE_NOW = "tether.write_now"  # sync (str) -> bool: wrote it now, or False (back-pressure, closing)
 
 _frames: dict[str, bytes] = {}  # event text -> its encoded server frame (a str's hash is cached, so lookups are cheap)
 _MAX_CACHED = 4096
@@ -50,6 +51,14 @@ class TetherWebSocketProtocol(WebSocketsSansIOProtocol):
         super().handle_connect(event)
         if not self.conn.extensions:  # raw frames are valid only without permessage-deflate
             self.scope["extensions"][EXTENSION] = self.send_frames  # type: ignore[index]
+            self.scope["extensions"][WRITE_NOW] = self.write_now  # type: ignore[index]
+
+    def write_now(self, text: str) -> bool:
+        if not self.writable.is_set() or self.disconnected or self.close_sent or not self.handshake_complete \
+                or self.transport.is_closing():
+            return False
+        self.transport.write(frame(text))
+        return True
 
     async def send_frames(self, texts: list[str]) -> None:
         await self.writable.wait()  # the same back-pressure as send()
