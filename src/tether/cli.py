@@ -66,6 +66,7 @@ def serve(**options: Any) -> None:
     from tether import logs
     from tether.config import Settings
     from tether.server.app import create_app
+    from tether.server.wsproto import TetherWebSocketProtocol
 
     settings = Settings.from_env(**options)
     settings.check()
@@ -77,7 +78,7 @@ def serve(**options: Any) -> None:
         port=settings.port,
         loop="auto",
         http="auto",
-        ws="auto",
+        ws=TetherWebSocketProtocol,  # uvicorn's, plus batched frame writes (see server/wsproto.py)
         ws_max_size=4 * settings.max_frame_bytes + 1024,
         ws_ping_interval=None,
         ws_per_message_deflate=False,

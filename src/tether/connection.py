@@ -13,7 +13,7 @@ import logging
 import secrets
 import time
 from collections import deque
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from tether import protocol
 from tether.auth import Identity
@@ -76,6 +76,11 @@ class Connection:
         self._sent: dict[str, int] = {}  # channel -> last offset sent: the server never sends one twice
         self._queue: deque[str] = deque()
         self._wakeup = asyncio.Event()
+        # Set by a transport that can write a frame synchronously (returns False when it
+        # cannot right now). Used only while the writer is parked on an empty queue, so
+        # order holds and fan-out makes no task switch per recipient.
+        self.write_now: Callable[[str], bool] | None = None
+        self._parked = False
         self._limit = node.settings.send_queue_frames
         self._bucket = TokenBucket(node.settings.rate_per_connection, node.settings.rate_burst)
         self._errors: deque[float] = deque()
@@ -106,6 +111,9 @@ class Connection:
         if len(self._queue) >= self._limit:
             self.close(CLOSE_SLOW, f"slow consumer: more than {self._limit} frames waiting to be sent")
             return
+        if self._parked and not self._queue and self.write_now is not None and self.write_now(text):
+            self.node.metrics.messages_out.inc()
+            return
         self._queue.append(text)
         self._wakeup.set()
 
@@ -128,7 +136,11 @@ class Connection:
         """What to write next; ``None`` once the connection is closing."""
         while not self._queue and self.close_code is None:
             self._wakeup.clear()
-            await self._wakeup.wait()
+            self._parked = True
+            try:
+                await self._wakeup.wait()
+            finally:
+                self._parked = False
         if self.close_code is not None:
             return None
         batch = list(self._queue)

@@ -8,9 +8,9 @@ so an acknowledged publish is always recoverable.
 from __future__ import annotations
 
 import asyncio
+import logging
 import secrets
 import time
-import zlib
 from typing import Any
 
 from tether import protocol
@@ -32,7 +32,9 @@ SCHEMA = [
     )""",
 ]
 
-_STRIPES = 256
+_ROWS_PER_INSERT = 200  # 800 bound parameters, far below SQLite's and PostgreSQL's limits
+
+log = logging.getLogger("tether.broker")
 
 
 class ChannelLog:
@@ -45,29 +47,54 @@ class ChannelLog:
         await self.db.migrate(SCHEMA)
 
     async def append(self, channel: str, type: str, data: Any, size: int, ttl: float) -> tuple[Position, str]:
+        return (await self.append_many([(channel, type, data, size, ttl)]))[0]
+
+    async def append_many(self, items: list[tuple[str, str, Any, int, float]]) -> list[tuple[Position, str]]:
+        """Append events in one transaction (group commit), offsets in list order per channel.
+
+        One UPSERT per channel reserves all of its offsets, one multi-row INSERT
+        per chunk stores the frames, one DELETE per channel trims the window.
+        """
         now = time.time()
+        counts: dict[str, int] = {}
+        for channel, *_ in items:
+            counts[channel] = counts.get(channel, 0) + 1
+        out: list[tuple[Position, str]] = []
         async with self.db.transaction() as tx:
-            row = await tx.fetchone(
-                """INSERT INTO channel_positions (channel, top_offset, epoch) VALUES (?, 1, ?)
-                   ON CONFLICT (channel) DO UPDATE SET top_offset = channel_positions.top_offset + 1
-                   RETURNING top_offset, epoch""",
-                channel,
-                secrets.token_hex(4),
-            )
-            assert row is not None
-            offset, epoch = int(row["top_offset"]), str(row["epoch"])
-            text = protocol.event(channel, offset, type, data)
-            if size > 0:
-                await tx.execute(
-                    'INSERT INTO channel_history (channel, "offset", frame, created_at) VALUES (?, ?, ?, ?)',
-                    channel, offset, text, now,
+            next_offset: dict[str, tuple[int, str]] = {}
+            for channel, k in counts.items():
+                row = await tx.fetchone(
+                    """INSERT INTO channel_positions (channel, top_offset, epoch) VALUES (?, ?, ?)
+                       ON CONFLICT (channel) DO UPDATE SET top_offset = channel_positions.top_offset + ?
+                       RETURNING top_offset, epoch""",
+                    channel, k, secrets.token_hex(4), k,
                 )
-                if offset % 16 == 0 or offset > size:
+                assert row is not None
+                next_offset[channel] = (int(row["top_offset"]) - k + 1, str(row["epoch"]))
+            rows: list[Any] = []
+            trims: dict[str, tuple[int, int, float]] = {}  # channel -> (last offset, size, ttl)
+            for channel, type, data, size, ttl in items:
+                offset, epoch = next_offset[channel]
+                next_offset[channel] = (offset + 1, epoch)
+                text = protocol.event(channel, offset, type, data)
+                out.append((Position(offset, epoch), text))
+                if size > 0:
+                    rows.append((channel, offset, text, now))
+                    trims[channel] = (offset, size, ttl)
+            for i in range(0, len(rows), _ROWS_PER_INSERT):
+                chunk = rows[i : i + _ROWS_PER_INSERT]
+                await tx.execute(
+                    'INSERT INTO channel_history (channel, "offset", frame, created_at) VALUES '
+                    + ",".join(["(?, ?, ?, ?)"] * len(chunk)),
+                    *(v for r in chunk for v in r),
+                )
+            for channel, (offset, size, ttl) in trims.items():
+                if offset % 16 < counts[channel] or offset > size:
                     await tx.execute(
                         'DELETE FROM channel_history WHERE channel = ? AND ("offset" <= ? OR created_at < ?)',
                         channel, offset - size, now - ttl,
                     )
-        return Position(offset, epoch), text
+        return out
 
     async def read(self, channel: str, after: int | None, limit: int, ttl: float | None = None) -> Stream:
         row = await self.db.fetchone("SELECT top_offset, epoch FROM channel_positions WHERE channel = ?", channel)
@@ -99,25 +126,64 @@ class ChannelLog:
 
 
 class MemoryBroker(Broker):
+    """Publishes are group-committed: those that arrive while a transaction is
+    in flight wait and go together in the next one. One flusher at a time
+    assigns offsets in arrival order and delivers each batch in that order
+    after its COMMIT, so per-channel offset order holds and an ACKed publish
+    is durable (its future resolves only after the commit)."""
+
     def __init__(self, db: Database) -> None:
         self.log = ChannelLog(db)
         self._deliver: Deliver | None = None
-        self._locks = [asyncio.Lock() for _ in range(_STRIPES)]
+        self._pending: list[tuple[tuple[str, str, Any, int, float], str | None, asyncio.Future[Position]]] = []
+        self._flusher: asyncio.Task[None] | None = None
 
     async def start(self, deliver: Deliver) -> None:
         self._deliver = deliver
         await self.log.start()
 
     async def close(self) -> None:
+        if self._flusher is not None:
+            await asyncio.gather(self._flusher, return_exceptions=True)
         self._deliver = None
 
     async def publish(self, channel: str, type: str, data: Any, *, history_size: int, history_ttl: float, exclude: str | None = None) -> Position:
-        # The stripe lock keeps "commit, then deliver" in offset order per channel.
-        async with self._locks[zlib.crc32(channel.encode()) % _STRIPES]:
-            position, text = await self.log.append(channel, type, data, history_size, history_ttl)
-            if self._deliver is not None:
-                self._deliver(channel, position.offset, text, exclude)
-        return position
+        future: asyncio.Future[Position] = asyncio.get_running_loop().create_future()
+        self._pending.append(((channel, type, data, history_size, history_ttl), exclude, future))
+        if self._flusher is None:
+            self._flusher = asyncio.create_task(self._flush())
+        return await future
+
+    async def _flush(self) -> None:
+        try:
+            while self._pending:
+                batch, self._pending = self._pending, []
+                results: list[Any]
+                try:
+                    results = list(await self.log.append_many([item for item, _, _ in batch]))
+                except Exception:
+                    # A failing event must not fail its neighbours: retry each alone.
+                    results = []
+                    for item, _, _ in batch:
+                        try:
+                            results.append(await self.log.append(*item))
+                        except Exception as exc:
+                            results.append(exc)
+                for (item, exclude, future), result in zip(batch, results):
+                    if isinstance(result, Exception):
+                        if not future.done():
+                            future.set_exception(result)
+                        continue
+                    position, text = result
+                    if self._deliver is not None:
+                        try:
+                            self._deliver(item[0], position.offset, text, exclude)
+                        except Exception:
+                            log.exception("delivering %s failed", item[0])
+                    if not future.done():
+                        future.set_result(position)
+        finally:
+            self._flusher = None
 
     async def read(self, channel: str, after: int | None, *, history_ttl: float | None = None, limit: int = 10_000) -> Stream:
         return await self.log.read(channel, after, limit, history_ttl)

@@ -16,6 +16,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from tether.connection import CLOSE_TOO_LARGE, CLOSE_UNAUTHORIZED, Connection
 from tether.errors import TetherError
 from tether.node import Node
+from tether.server.wsproto import EXTENSION, WRITE_NOW
 
 log = logging.getLogger("tether.ws")
 
@@ -33,6 +34,7 @@ async def serve(websocket: WebSocket) -> None:
         await websocket.close(CLOSE_UNAUTHORIZED, f"unauthorized: {exc.message}"[:120])
         return
     conn = Connection(node, identity)
+    conn.write_now = websocket.scope.get("extensions", {}).get(WRITE_NOW)  # see server/wsproto.py
     await node.open(conn)
     writer = asyncio.create_task(_write(websocket, conn))
     hard_limit = 4 * node.settings.max_frame_bytes
@@ -62,11 +64,16 @@ async def serve(websocket: WebSocket) -> None:
 
 
 async def _write(websocket: WebSocket, conn: Connection) -> None:
+    # One write per batch when the server offers it (tether.server.wsproto); else frame by frame.
+    send_frames = websocket.scope.get("extensions", {}).get(EXTENSION)
     try:
         while True:
             batch = await conn.next_batch()
             if batch is None:
                 break
+            if send_frames is not None:
+                await send_frames(batch)
+                continue
             for text in batch:
                 await websocket.send_text(text)
     except Exception:

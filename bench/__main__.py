@@ -1,0 +1,171 @@
+"""``python -m bench``: every workload on Tether and its peers, in one run.
+
+Writes ``bench/results/latest.json`` (workload -> system -> numbers) and a
+chart, and prints a table. ``--quick`` takes about a minute; ``--smoke`` is a
+few seconds of tiny sizes (for the test suite: it proves the harness runs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import resource
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from bench import run
+from bench.systems import ROOT, SYSTEMS, Unavailable, check
+
+METRICS = ["deliveries_per_s", "p50_ms", "p99_ms", "p999_ms", "bytes_per_connection"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    mode = ap.add_mutually_exclusive_group()
+    mode.add_argument("--quick", action="store_true", help="smaller sizes, about a minute")
+    mode.add_argument("--smoke", action="store_true", help="tiny sizes, seconds (proves the harness works)")
+    ap.add_argument("--systems", default=",".join(SYSTEMS), help="comma-separated, from: " + ", ".join(SYSTEMS))
+    ap.add_argument("--workloads", default=",".join(run.WORKLOADS), help="comma-separated, from: " + ", ".join(run.WORKLOADS))
+    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "latest.json")
+    ap.add_argument("--chart", default=str(ROOT / "docs" / "benchmarks.png"), help="PNG to write ('' for none)")
+    for f in dataclasses.fields(run.Sizes):
+        ap.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=None, help=f"override size (full: {f.default})")
+    args = ap.parse_args(argv)
+
+    sizes = run.SMOKE if args.smoke else run.QUICK if args.quick else run.Sizes()
+    sizes = dataclasses.replace(sizes, **{f.name: getattr(args, f.name) for f in dataclasses.fields(run.Sizes)
+                                          if getattr(args, f.name) is not None})
+    systems = [s for s in args.systems.split(",") if s]
+    workloads = [w for w in args.workloads.split(",") if w]
+    for name in systems:
+        if name not in SYSTEMS:
+            ap.error(f"unknown system {name!r}")
+    for name in workloads:
+        if name not in run.WORKLOADS:
+            ap.error(f"unknown workload {name!r}")
+
+    # Every connection is a file descriptor in the server and one in a client process.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = hard if hard != resource.RLIM_INFINITY else 1 << 20
+    resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+    if want < sizes.idle + 1000:
+        sizes = dataclasses.replace(sizes, idle=max(10, want - 1000))
+
+    console = Console(stderr=True)
+    skipped: dict[str, str] = {}
+    for name in list(systems):
+        try:
+            check(name)
+        except Unavailable as exc:
+            console.print(f"[yellow]skipping {name}: {exc}[/]")
+            skipped[name] = str(exc)
+            systems.remove(name)
+
+    results: dict[str, Any] = {w: {} for w in workloads}
+    started = time.time()
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                  TimeElapsedColumn(), console=console, transient=False) as progress:
+        overall = progress.add_task("all", total=len(workloads) * len(systems))
+        for w in workloads:
+            for s in systems:
+                step = progress.add_task(f"{w} · {s}", total=None)
+                os.environ["BENCH_WORKLOAD"] = w  # names the profile file when BENCH_PROFILE is set
+
+                def status(text: str, step: int = step, w: str = w, s: str = s) -> None:
+                    progress.update(step, description=f"{w} · {s}: {text}")
+
+                try:
+                    results[w][s] = run.WORKLOADS[w](s, sizes, status)
+                    progress.update(step, description=f"{w} · {s}: done", total=1, completed=1)
+                except (Unavailable, RuntimeError, OSError) as exc:
+                    results[w][s] = {"error": str(exc)[:300]}
+                    progress.update(step, description=f"{w} · {s}: [red]failed[/] {str(exc)[:80]}", total=1, completed=1)
+                    if not isinstance(exc, Unavailable):
+                        traceback.print_exc(file=sys.stderr)
+                progress.advance(overall)
+
+    results["meta"] = {
+        "command": "python -m bench " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
+        "seconds": round(time.time() - started, 1),
+        "sizes": dataclasses.asdict(sizes),
+        "machine": run.machine(),
+        "skipped": skipped,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    Console(width=150).print(table(results, workloads, systems))
+    console.print(f"wrote {args.out}")
+    if str(args.chart):
+        try:
+            chart(results, Path(args.chart))
+            console.print(f"wrote {args.chart}")
+        except ImportError:
+            console.print("[yellow]no chart: matplotlib is not installed (pip install -e '.[bench]')[/]")
+    return 0
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, float):
+        return f"{v:.2f}"
+    if isinstance(v, int):
+        return f"{v:,}"
+    return str(v)
+
+
+def table(results: dict[str, Any], workloads: list[str], systems: list[str]) -> Table:
+    t = Table(title="Tether vs peers (same machine, same run)")
+    t.add_column("workload")
+    t.add_column("system")
+    for m in ["deliveries/s", "p50 ms", "p99 ms", "p99.9 ms", "bytes/conn", "per server CPU-s", "server CPU %", "loadgen CPU %"]:
+        t.add_column(m, justify="right")
+    for w in workloads:
+        for s in systems:
+            r = results[w].get(s, {})
+            if "error" in r:
+                t.add_row(w, s, f"[red]{r['error'][:60]}[/]")
+                continue
+            t.add_row(w, s, *(_fmt(r.get(k)) for k in METRICS + ["deliveries_per_server_cpu_s", "server_cpu_pct", "loadgen_cpu_pct"]))
+    return t
+
+
+def chart(results: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [("fanout", "deliveries_per_s", "fan-out deliveries/s (higher is better)"),
+              ("fanout", "p99_ms", "fan-out p99 latency, ms (lower is better)"),
+              ("many_channels", "deliveries_per_s", "many channels deliveries/s"),
+              ("idle_connections", "bytes_per_connection", "memory per idle connection, KiB")]
+    panels = [p for p in panels if p[0] in results]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), squeeze=False)
+    colors = {"tether": "#2b6cb0", "websockets-broadcast": "#718096", "python-socketio": "#dd6b20", "socket.io-node": "#38a169"}
+    for ax, (w, key, title) in zip(axes[0], panels):
+        names = [s for s, r in results[w].items() if isinstance(r.get(key), (int, float))]
+        vals = [results[w][s][key] / (1024 if key == "bytes_per_connection" else 1) for s in names]
+        ax.bar(range(len(names)), vals, color=[colors.get(s, "#999") for s in names])
+        ax.set_xticks(range(len(names)), names, rotation=25, ha="right", fontsize=8)
+        ax.set_title(title, fontsize=9)
+        for i, v in enumerate(vals):
+            ax.text(i, v, f"{v:,.0f}" if v >= 10 else f"{v:.1f}", ha="center", va="bottom", fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,226 @@
+"""The workloads, each run on every system in turn, with the same load generator."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import platform
+import time
+from array import array
+from dataclasses import dataclass
+from types import SimpleNamespace
+from typing import Any, Callable
+
+from bench import workers
+from bench.systems import Server, cpu_seconds
+
+ctx = mp.get_context("fork")  # workers inherit the shared counters; nothing to pickle
+
+
+@dataclass
+class Sizes:
+    fanout: int = 1000  # subscribers on one channel
+    many: int = 5000  # connections, each on its own channel plus one shared
+    idle: int = 10000  # idle connections for memory per connection
+    latency_rate: int = 10000  # deliveries/s for the latency run (well under every system's saturation)
+    seconds: float = 5.0  # measuring window per phase
+    warmup: float = 1.0
+    procs: int = 3  # subscriber processes
+
+
+QUICK = Sizes(fanout=300, many=1000, idle=2000, latency_rate=6000, seconds=2.0, warmup=0.7, procs=2)
+SMOKE = Sizes(fanout=10, many=10, idle=20, latency_rate=200, seconds=0.3, warmup=0.2, procs=1)
+
+Status = Callable[[str], None]
+
+
+class Load:
+    """The subscriber processes of one workload, with their shared counters."""
+
+    def __init__(self, system: str, port: int, conns: list[tuple[str, list[str]]], procs: int) -> None:
+        procs = max(1, min(procs, len(conns)))
+        self.system, self.port, self.n = system, port, len(conns)
+        self.shared = SimpleNamespace(
+            totals=ctx.Array("q", procs, lock=False), closed=ctx.Array("q", procs, lock=False),
+            ready=ctx.Value("q", 0), phase=ctx.Value("i", workers.Phase.COUNT, lock=False),
+            stop=ctx.Value("i", 0, lock=False), published=ctx.Value("q", 0, lock=False),
+            results=ctx.Queue(),
+        )
+        self.subs = [ctx.Process(target=workers.subscriber, args=(system, port, i, conns[i::procs], self.shared),
+                                 daemon=True) for i in range(procs)]
+        for p in self.subs:
+            p.start()
+        self.pub: Any = None
+
+    def wait_ready(self, status: Status, timeout: float = 180) -> None:
+        deadline = time.monotonic() + timeout
+        while self.shared.ready.value < self.n:
+            if time.monotonic() > deadline or not all(p.is_alive() for p in self.subs):
+                raise RuntimeError(f"{self.system}: only {self.shared.ready.value}/{self.n} connections set up")
+            status(f"connecting {self.shared.ready.value}/{self.n}")
+            time.sleep(0.1)
+
+    def delivered(self) -> int:
+        return sum(self.shared.totals)
+
+    def dropped(self) -> int:
+        return sum(self.shared.closed)
+
+    def publish(self, plan: list[tuple[str, int]], rate: float, budget: int = 0) -> None:
+        self.shared.stop.value = 0
+        self.pub = ctx.Process(target=workers.publisher, args=(self.system, self.port, plan, rate, budget, self.shared),
+                               daemon=True)
+        self.pub.start()
+
+    def stop_publishing(self) -> None:
+        self.shared.stop.value = 1
+        if self.pub is not None:
+            self.pub.join(10)
+            if self.pub.is_alive():
+                self.pub.kill()
+        self.pub = None
+
+    def latencies(self) -> list[float]:
+        self.shared.phase.value = workers.Phase.REPORT
+        out: list[float] = []
+        for _ in self.subs:
+            _, raw = self.shared.results.get(timeout=60)
+            a = array("d")
+            a.frombytes(raw)
+            out.extend(a)
+        self.shared.phase.value = workers.Phase.COUNT
+        return out
+
+    def pids(self) -> list[int]:
+        return [p.pid for p in self.subs] + ([self.pub.pid] if self.pub is not None else [])
+
+    def close(self) -> None:
+        self.stop_publishing()
+        self.shared.phase.value = workers.Phase.EXIT
+        for p in self.subs:
+            p.join(10)
+            if p.is_alive():
+                p.kill()
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    values = sorted(values)
+    return round(values[min(len(values) - 1, int(q * len(values)))], 3)
+
+
+def saturate(load: Load, server: Server, plan: list[tuple[str, int]], budget: int, sizes: Sizes, status: Status) -> dict[str, Any]:
+    """Deliveries/s with the publisher as fast as the system absorbs, plus where the CPU went."""
+    load.publish(plan, 0, budget)
+    status("saturating (warm-up)")
+    time.sleep(sizes.warmup)
+    pids = load.pids()
+    d0, t0 = load.delivered(), time.monotonic()
+    s0, c0 = cpu_seconds(server.pid), sum(cpu_seconds(p) for p in pids)
+    status("saturating")
+    time.sleep(sizes.seconds)
+    d1, t1 = load.delivered(), time.monotonic()
+    s1, c1 = cpu_seconds(server.pid), sum(cpu_seconds(p) for p in pids)
+    load.stop_publishing()
+    wall = t1 - t0
+    return {
+        "deliveries_per_s": round((d1 - d0) / wall),
+        # On a shared machine the server may not get a whole core; this one is comparable anyway.
+        "deliveries_per_server_cpu_s": round((d1 - d0) / (s1 - s0)) if s1 > s0 else None,
+        "server_cpu_pct": round(100 * (s1 - s0) / wall),
+        "loadgen_cpu_pct": round(100 * (c1 - c0) / wall),
+    }
+
+
+def fanout(system: str, sizes: Sizes, status: Status) -> dict[str, Any]:
+    n = sizes.fanout
+    server = Server(system)
+    load = Load(system, server.port, [(f"s{i}", ["fan"]) for i in range(n)], sizes.procs)
+    try:
+        load.wait_ready(status)
+        plan = [("fan", n)]
+        rate = sizes.latency_rate / n
+        load.publish(plan, rate)
+        status(f"latency at {sizes.latency_rate} deliveries/s (warm-up)")
+        time.sleep(sizes.warmup)
+        load.shared.phase.value = workers.Phase.RECORD
+        status(f"latency at {sizes.latency_rate} deliveries/s")
+        time.sleep(sizes.seconds)
+        lat = load.latencies()
+        load.stop_publishing()
+        expected = int(rate * sizes.seconds * n)
+        result = {
+            "subscribers": n,
+            "p50_ms": percentile(lat, 0.5), "p99_ms": percentile(lat, 0.99), "p999_ms": percentile(lat, 0.999),
+            "latency_rate_deliveries_per_s": sizes.latency_rate,
+            "latency_samples": len(lat), "latency_samples_expected": expected,
+        }
+        time.sleep(0.3)
+        result.update(saturate(load, server, plan, 64 * n, sizes, status))
+        result["dropped_connections"] = load.dropped()
+        return result
+    finally:
+        load.close()
+        server.stop()
+
+
+def many_channels(system: str, sizes: Sizes, status: Status) -> dict[str, Any]:
+    n = sizes.many
+    server = Server(system)
+    load = Load(system, server.port, [(f"m{i}", [f"c{i}", "shared"]) for i in range(n)], sizes.procs)
+    try:
+        load.wait_ready(status)
+        # One round: a publish on each connection's own channel, then one on the shared channel.
+        plan = [(f"c{i}", 1) for i in range(n)] + [("shared", n)]
+        result: dict[str, Any] = {"connections": n}
+        result.update(saturate(load, server, plan, 16 * n, sizes, status))
+        result["dropped_connections"] = load.dropped()
+        return result
+    finally:
+        load.close()
+        server.stop()
+
+
+def idle(system: str, sizes: Sizes, status: Status) -> dict[str, Any]:
+    n = sizes.idle
+    server = Server(system)
+    time.sleep(0.5)
+    before = server.rss()
+    load = Load(system, server.port, [(f"i{i}", []) for i in range(n)], sizes.procs)
+    try:
+        load.wait_ready(status)
+        status("settling")
+        time.sleep(max(1.0, sizes.warmup))
+        after = server.rss()
+        return {"connections": n, "bytes_per_connection": round((after - before) / n),
+                "rss_before_bytes": before, "rss_after_bytes": after}
+    finally:
+        load.close()
+        server.stop()
+
+
+WORKLOADS: dict[str, Callable[[str, Sizes, Status], dict[str, Any]]] = {
+    "fanout": fanout,
+    "many_channels": many_channels,
+    "idle_connections": idle,
+}
+
+
+def machine() -> dict[str, Any]:
+    cpu = platform.processor() or ""
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = 0
+    try:
+        mem = int(open("/proc/meminfo").readline().split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    import os
+
+    return {"cpu": cpu, "cpus": os.cpu_count(), "memory_bytes": mem, "python": platform.python_version(),
+            "platform": platform.platform()}

@@ -1,0 +1,131 @@
+"""Start each system under test as its own server process on a free port."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PEERS = ROOT / "bench" / "peers"
+NODE_PEER = PEERS / "socketio-node"
+
+SYSTEMS = ["tether", "websockets-broadcast", "python-socketio", "socket.io-node"]
+
+
+class Unavailable(Exception):
+    """This system cannot run here (the message says why); the bench skips it."""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def ensure_node_peer() -> None:
+    if shutil.which("node") is None or shutil.which("npm") is None:
+        raise Unavailable("node/npm not found on PATH")
+    if (NODE_PEER / "node_modules" / "socket.io").is_dir():
+        return
+    proc = subprocess.run(["npm", "install", "--no-audit", "--no-fund"], cwd=NODE_PEER,
+                          capture_output=True, text=True, timeout=300)
+    if proc.returncode != 0:
+        raise Unavailable(f"npm install failed in {NODE_PEER}: {proc.stderr.strip()[-300:]}")
+
+
+def check(system: str) -> None:
+    """Raise Unavailable when the system's dependencies are missing."""
+    if system == "python-socketio":
+        try:
+            import socketio  # noqa: F401
+        except ImportError:
+            raise Unavailable("python-socketio is not installed: pip install -e '.[bench]'") from None
+    elif system == "socket.io-node":
+        ensure_node_peer()
+
+
+class Server:
+    def __init__(self, system: str) -> None:
+        self.system = system
+        self.port = free_port()
+        self.dir = Path(tempfile.mkdtemp(prefix=f"bench-{system}-"))
+        env = {**os.environ, "PYTHONPATH": str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")}
+        py = sys.executable
+        p = str(self.port)
+        cmd = {
+            # Limits raised so the bench measures throughput, not the abuse guards.
+            "tether": [py, "-m", "tether", "serve", "--port", p, "--data-dir", str(self.dir),
+                       "--rate-per-connection", "1e9", "--rate-burst", "1000000000", "--rate-per-user", "1e9",
+                       "--log-level", "warning"],
+            "websockets-broadcast": [py, str(PEERS / "ws_broadcast.py"), p],
+            "python-socketio": [py, str(PEERS / "socketio_py.py"), p],
+            "socket.io-node": ["node", str(NODE_PEER / "server.js"), p],
+        }[system]
+        self.log = open(self.dir / "server.log", "wb")
+        self.proc = subprocess.Popen(cmd, env=env, stdout=self.log, stderr=subprocess.STDOUT, cwd=ROOT)
+        self.pid = self.proc.pid
+        self._wait()
+        self.profiler: subprocess.Popen[bytes] | None = None
+        if os.environ.get("BENCH_PROFILE") and system != "socket.io-node":
+            # py-spy attached to the server: collapsed stacks, summarized by bench/profile.py
+            out = Path(os.environ["BENCH_PROFILE"]) / f"{system}-{os.environ.get('BENCH_WORKLOAD', 'run')}.txt"
+            out.parent.mkdir(parents=True, exist_ok=True)
+            self.profiler = subprocess.Popen(["py-spy", "record", "--pid", str(self.pid), "--rate", "250", "--format", "raw",
+                                              "--output", str(out), "--nonblocking"],
+                                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def _wait(self, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise Unavailable(f"{self.system} exited: {(self.dir / 'server.log').read_text()[-500:]}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                    pass
+                time.sleep(0.3)  # let the app finish its startup after binding
+                return
+            except OSError:
+                time.sleep(0.1)
+        self.stop()
+        raise Unavailable(f"{self.system} did not listen within {timeout:.0f} s")
+
+    def rss(self) -> int:
+        return rss(self.pid)
+
+    def stop(self) -> None:
+        if self.profiler is not None:
+            self.profiler.send_signal(signal.SIGINT)
+            self.profiler.wait(30)
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def rss(pid: int) -> int:
+    """Resident set size in bytes, from /proc."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a process has used so far."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")

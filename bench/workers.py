@@ -1,0 +1,136 @@
+"""Load-generator processes: subscribers that count, one publisher that paces.
+
+They talk to the orchestrator through shared memory only: ``totals[i]`` is
+the deliveries process ``i`` has counted so far, ``ready`` counts connections
+set up, ``phase`` says what to do (see ``Phase``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from array import array
+from typing import Any
+
+from bench.wire import DIALECTS, Client, connect, payload
+
+
+class Phase:
+    COUNT = 0  # count deliveries
+    RECORD = 1  # count, and record each delivery's latency
+    REPORT = 2  # send recorded latencies to the orchestrator, keep counting
+    EXIT = 3
+
+
+def _loop() -> None:
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+
+
+def subscriber(system: str, port: int, idx: int, conns: list[tuple[str, list[str]]], shared: Any) -> None:
+    """Open ``conns`` (user, channels to join), then count until told to exit."""
+    _loop()
+    asyncio.run(_subscriber(system, port, idx, conns, shared))
+
+
+async def _subscriber(system: str, port: int, idx: int, conns: list[tuple[str, list[str]]], shared: Any) -> None:
+    dialect = DIALECTS[system]
+    clients: list[Client] = []
+    gate = asyncio.Semaphore(64)
+
+    async def open_one(user: str, channels: list[str]) -> None:
+        async with gate:
+            for attempt in range(20):
+                try:
+                    c = await connect(dialect, port, user)
+                    break
+                except OSError:
+                    await asyncio.sleep(0.05 * (attempt + 1))
+            else:
+                raise ConnectionError(f"{system}: cannot connect {user}")
+            clients.append(c)
+            deadline = time.monotonic() + 30
+            while not c.ready and time.monotonic() < deadline and not c.closed:
+                await asyncio.sleep(0.01)
+            for rid, ch in enumerate(channels, 1):
+                c.send(dialect.subscribe(ch, rid))
+            while c.acks < len(channels) and time.monotonic() < deadline and not c.closed:
+                await asyncio.sleep(0.01)
+            with shared.ready.get_lock():
+                shared.ready.value += 1
+
+    await asyncio.gather(*(open_one(u, chs) for u, chs in conns))
+    recording = False
+    while True:
+        await asyncio.sleep(0.01)
+        shared.totals[idx] = sum(c.delivered for c in clients)
+        shared.closed[idx] = sum(c.closed for c in clients)
+        phase = shared.phase.value
+        if phase == Phase.RECORD and not recording:
+            recording = True
+            for c in clients:
+                c.latencies = []
+        elif phase == Phase.REPORT and recording:
+            recording = False
+            out = array("d")
+            for c in clients:
+                out.extend(c.latencies or ())
+                c.latencies = None
+            shared.results.put((idx, out.tobytes()))
+        elif phase == Phase.EXIT:
+            break
+    for c in clients:
+        if c.transport is not None:
+            c.transport.close()
+
+
+def publisher(system: str, port: int, plan: list[tuple[str, int]], rate: float, budget: int, shared: Any) -> None:
+    """Publish ``plan`` round-robin, (channel, deliveries it causes) per step.
+
+    ``rate`` > 0: that many publishes per second, on a fixed schedule.
+    ``rate`` == 0: as fast as the system absorbs them: at most ``budget``
+    deliveries published but not yet counted by the subscribers, and at most
+    64 publishes awaiting their ACK, so no queue grows without bound.
+    """
+    _loop()
+    asyncio.run(_publisher(system, port, plan, rate, budget, shared))
+
+
+async def _publisher(system: str, port: int, plan: list[tuple[str, int]], rate: float, budget: int, shared: Any) -> None:
+    dialect = DIALECTS[system]
+    c = await connect(dialect, port, "publisher")
+    while not c.ready and not c.closed:
+        await asyncio.sleep(0.01)
+    sent = expected = i = 0
+    n = len(plan)
+    totals = shared.totals
+    base = sum(totals)
+    start = time.monotonic()
+    while not shared.stop.value and not c.closed:
+        if rate > 0:
+            due = start + sent / rate
+            delay = due - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            ch, _ = plan[i]
+            sent += 1
+            c.send(dialect.publish(ch, payload(), sent))
+            i = (i + 1) % n
+            continue
+        delivered = sum(totals) - base
+        burst = 0
+        while burst < 32 and sent - c.acks < 64 and expected - delivered < budget:
+            ch, fan = plan[i]
+            sent += 1
+            expected += fan
+            burst += 1
+            c.send(dialect.publish(ch, payload(), sent))
+            i = (i + 1) % n
+        await asyncio.sleep(0 if burst else 0.0005)
+    shared.published.value = sent
+    if c.transport is not None:
+        c.transport.close()

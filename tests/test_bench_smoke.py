@@ -1,0 +1,32 @@
+"""The benchmark harness runs end to end and writes valid results (no numbers asserted)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_bench_smoke_writes_valid_json(tmp_path: Path) -> None:
+    out = tmp_path / "latest.json"
+    # The two systems that need nothing beyond Tether's own dependencies.
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "--smoke", "--systems", "tether,websockets-broadcast",
+         "--out", str(out), "--chart", ""],
+        cwd=ROOT, capture_output=True, text=True, timeout=110,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads(out.read_text())
+    assert set(results) == {"fanout", "many_channels", "idle_connections", "meta"}
+    for system in ("tether", "websockets-broadcast"):
+        fan = results["fanout"][system]
+        assert "error" not in fan, fan
+        assert fan["deliveries_per_s"] > 0 and fan["dropped_connections"] == 0
+        assert 0 <= fan["p50_ms"] <= fan["p99_ms"] <= fan["p999_ms"]
+        assert results["many_channels"][system]["deliveries_per_s"] > 0
+        assert results["idle_connections"][system]["connections"] == results["meta"]["sizes"]["idle"]
+        assert isinstance(results["idle_connections"][system]["bytes_per_connection"], int)
+    assert results["meta"]["command"].startswith("python -m bench")
