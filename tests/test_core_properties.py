@@ -109,6 +109,9 @@ async def run(plan: list[tuple[str, int]], data_dir: Path) -> None:
             if c.seen:
                 assert c.seen == list(range(c.seen[0], top + 1)), c.seen
     finally:
+        for c in clients:
+            if c.conn is not None:
+                await node.close(c.conn)
         await node.stop()
 
 
