@@ -40,6 +40,11 @@ async def _call(fn: Callable[..., Any], *args: Any) -> Any:
     return result
 
 
+def _key(kind: str, target: str) -> str:
+    """The change-listener key a write touches."""
+    return {"publish": "channels/", "http": "requests/"}.get(kind, "documents/") + target
+
+
 class Subscription:
     """A channel the client keeps subscribed, with its typed handlers and last delivered offset."""
 
@@ -325,6 +330,13 @@ class Client:
                            on_ack=lambda ack: self._queue.put_nowait(("ack", sub.channel, ack, since, done)))
         await done  # the replayed events have reached the app
 
+    @staticmethod
+    async def _quietly(aw: Awaitable[Any]) -> None:
+        try:
+            await aw
+        except ClientError as exc:  # the next connection resubscribes anyway
+            log.info("background request failed: %s", exc)
+
     def _on_frame(self, frame: dict[str, Any]) -> None:
         self._queue.put_nowait(("event", frame))
 
@@ -357,7 +369,7 @@ class Client:
                 # A hole: recover it rather than deliver out of order.
                 link = self._link
                 if link is not None:
-                    asyncio.ensure_future(self._subscribe_on(link, sub))
+                    asyncio.ensure_future(self._quietly(self._subscribe_on(link, sub)))
                 return
         await self._deliver(sub, frame)
         sub.offset = offset
@@ -412,15 +424,24 @@ class Client:
         self._writes[entry.seq] = fut
         self._drained.clear()
         self._kick.set()
-        if kind == "publish":
-            self.store.changed(f"channels/{target}")
-        else:
-            self.store.changed(f"documents/{target}")
+        self.store.changed(_key(kind, target))
         return Write(entry, fut)
 
     async def publish(self, channel: str, data: Any) -> Write:
         """Queue a publication; it is in the SQLite outbox when this returns."""
         return self._queue_write("publish", channel, {"data": data})
+
+    async def enqueue(self, method: str, path: str, json: Any = None) -> Write:
+        """Queue any REST write (``POST /api/sessions/{id}/messages`` …): durable, in order with
+        the other writes, sent with its outbox id as ``Idempotency-Key``."""
+        return self._queue_write("http", path, {"method": method.upper(), "json": json})
+
+    async def request(self, type: str, data: dict[str, Any] | None = None) -> dict[str, Any]:
+        """One WebSocket request (``UPDATE_PROGRESS`` …), online only: raises ``Disconnected`` offline."""
+        link = self._link
+        if link is None or link.closed:
+            raise Disconnected("offline")
+        return await link.request(type, data or {}, timeout=self.request_timeout)
 
     def documents(self, collection: str) -> "Collection":
         from tether.client.documents import Collection
@@ -495,7 +516,12 @@ class Client:
 
             run, results = [batch[0]], []
             try:
-                results.append(await send_document_write(self, batch[0]))
+                if batch[0].kind == "http":
+                    p = batch[0].payload
+                    results.append(await self.rest(p["method"], batch[0].target, p["json"],
+                                                   headers={"Idempotency-Key": batch[0].key}))
+                else:
+                    results.append(await send_document_write(self, batch[0]))
             except ClientError as exc:
                 results.append(exc)
         again = False
@@ -525,7 +551,7 @@ class Client:
     async def _reject(self, entry: Entry, error: ServerError) -> None:
         """Roll back exactly this write (drop it from the outbox the view is replayed from) and say why."""
         self.outbox.remove(entry.seq)
-        self.store.changed(f"channels/{entry.target}" if entry.kind == "publish" else f"documents/{entry.target}")
+        self.store.changed(_key(entry.kind, entry.target))
         fut = self._writes.pop(entry.seq, None)
         if fut is not None and not fut.done():
             fut.set_exception(error)
