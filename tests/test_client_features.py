@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -124,14 +125,19 @@ async def test_presence_and_lock_helpers(server_factory) -> None:
         assert "alice" not in (await h.get("/api/presence/room-1")).json()["users"]
 
     lost: list[bool] = []
-    async with c.lock("res", ttl=2, on_lost=lambda: lost.append(True)) as lock:
+    async with c.lock("res", ttl=1, on_lost=lambda: lost.append(True)) as lock:
         first = lock.fencing_token
-        srv.kill()  # the server forgets the lock: the extension is refused (or cannot land in time)
-        await asyncio.to_thread(srv.start)
-        await asyncio.wait_for(lock.lost.wait(), 10)
+        async with httpx.AsyncClient(base_url=srv.url, headers={"Authorization": "Bearer bob"}) as h:
+            assert (await h.post("/api/locks/res", json={"ttl_seconds": 1})).json()["acquired"] is False
+        assert srv.proc is not None
+        os.kill(srv.proc.pid, signal.SIGSTOP)  # the extension cannot land before the TTL runs out
+        try:
+            await asyncio.wait_for(lock.lost.wait(), 10)
+        finally:
+            os.kill(srv.proc.pid, signal.SIGCONT)
     assert lost == [True]
-    async with c.lock("res", ttl=2) as lock:
-        assert lock.fencing_token > first  # fencing survives the restart
+    async with c.lock("res", ttl=2, timeout=5) as lock:
+        assert lock.fencing_token > first
     await c.close()
 
 
@@ -158,3 +164,37 @@ async def test_example_device_progress(shared_server: ServerProcess) -> None:
         await ws.close()
     out = run_example("device_progress.py", shared_server)
     assert "laptop: shoot shoot-1 4/4 (completed)" in out
+
+
+async def test_server_killed_while_publishing_and_writing_documents(server_factory) -> None:
+    """Publishes and document writes interleaved through a SIGKILL: each applied once, in order."""
+    srv = server_factory()
+    need(srv, DOCS)
+    c = client(srv)
+    await c.connect()
+    seen: list[int] = []
+    await c.subscribe("public.mixed", lambda e: seen.append(e["data"]["n"]))
+    board = c.documents("boards")
+    await board.create({"steps": []}, id="b1")
+    N = 30
+    for n in range(N):
+        await c.publish("public.mixed", {"n": n})
+        await board.update("b1", {"steps": list(range(n + 1))})  # last-write-wins: order decides
+        if n == N // 3:
+            await asyncio.sleep(0.05)
+            srv.kill()
+        if n == 2 * N // 3:
+            await asyncio.to_thread(srv.start)
+        await asyncio.sleep(0.005)
+    await c.flush()
+    doc = await board.fetch("b1")
+    assert doc is not None and doc["data"] == {"steps": list(range(N))}
+    assert doc["version"] == N + 1  # one create + N updates: a duplicated write would bump it again
+    ws = await WsClient.connect(srv, "auditor")
+    ack = await ws.request("SUBSCRIBE", {"channel": "public.mixed"})
+    full = await ws.request("SUBSCRIBE", {"channel": "public.mixed", "since": {"offset": 0, "epoch": ack["epoch"]}})
+    assert [e["data"]["n"] for e in full["publications"]] == list(range(N))
+    await ws.close()
+    await asyncio.sleep(0.2)
+    assert seen == list(range(N))
+    await c.close()

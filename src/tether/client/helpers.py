@@ -102,20 +102,28 @@ class Lock:
             await asyncio.sleep(delay if give_up is None else min(delay, max(give_up - now, 0.0)))
 
     async def _extend(self) -> None:
+        """Extend at half the TTL. The lock counts as lost the moment its TTL runs out
+        without a confirmed extension: we cannot know it is still ours after that."""
         while True:
             await asyncio.sleep(self.ttl / 2)
             while True:
                 started = time.monotonic()
+                remaining = self._deadline - started
                 try:
-                    got = await self.client.rest("POST", self.path + "/extend", {"token": self.token, "ttl_seconds": self.ttl})
-                except ClientError as exc:
-                    if exc.__class__ is ServerError and getattr(exc, "action", "") == "reject":
-                        got = {"acquired": False}
-                    elif time.monotonic() < self._deadline:
-                        await asyncio.sleep(min(0.5, self.ttl / 10))
+                    if remaining <= 0:
+                        raise asyncio.TimeoutError
+                    got = await asyncio.wait_for(self.client.rest(
+                        "POST", self.path + "/extend", {"token": self.token, "ttl_seconds": self.ttl}), remaining)
+                except asyncio.TimeoutError:
+                    got = {"acquired": False}
+                except ServerError as exc:
+                    if exc.action != "reject":
+                        await asyncio.sleep(min(0.2, max(remaining, 0)))
                         continue
-                    else:
-                        got = {"acquired": False}
+                    got = {"acquired": False}
+                except ClientError:  # unreachable for a moment: try again while the TTL lasts
+                    await asyncio.sleep(min(0.2, max(remaining, 0)))
+                    continue
                 if not got.get("acquired"):
                     await self._lose()
                     return
