@@ -282,3 +282,32 @@ async def test_refresh_catches_up_and_stamps_last_synced_at(shared_server: Serve
     assert client.last_synced_at is not None and (before is None or client.last_synced_at >= before)
     assert seen == [1] and client.outbox_size == 0
     await client.close()
+
+
+def test_pacer_keeps_the_drain_under_a_rate() -> None:
+    from tether.client.backoff import Pacer
+
+    now = [0.0]
+    p = Pacer(rate=10, burst=5, clock=lambda: now[0])
+    assert p.take(50) == (5, 0.0)  # the burst
+    granted, wait = p.take(1)
+    assert granted == 0 and wait == pytest.approx(0.1)
+    now[0] += 0.35
+    assert p.take(50) == (3, 0.0)
+
+
+async def test_big_offline_backlog_drains_in_order_under_the_rate_limit(server_factory) -> None:
+    """More writes than the server's burst allows: the drain is paced under the limit, order intact."""
+    srv = server_factory("--rate-per-connection", "40", "--rate-burst", "20", start=False)
+    client = fast_client(srv, send_rate=30, batch_size=10)
+    refused: list[Any] = []
+    client.on_error(lambda err, entry: refused.append(err))
+    await client.connect(wait=False)
+    writes = [await client.publish("public.backlog", {"n": n}) for n in range(60)]
+    await asyncio.to_thread(srv.start)
+    await client.flush(timeout=60)
+    offsets = [(await w)["offset"] for w in writes]
+    assert offsets == list(range(1, 61))
+    assert [e["data"]["n"] for e in await history(srv, "public.backlog")] == list(range(60))
+    assert refused == []
+    await client.close()

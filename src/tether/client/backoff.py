@@ -35,3 +35,30 @@ class Backoff:
 
     def reset(self) -> None:
         self.attempt = 0
+
+
+class Pacer:
+    """A token bucket for the outbox: keeps a drain under the server's request rate limit.
+
+    A write the server refuses with ``rate_limited`` inside a pipelined batch could
+    be overtaken by a later write of that batch that got through; staying under
+    the limit (server default: 100/s per connection, burst 200) avoids that.
+    """
+
+    def __init__(self, rate: float, burst: int, clock: Callable[[], float]) -> None:
+        self.rate, self.burst, self.clock = rate, burst, clock
+        self.tokens, self.stamp = float(burst), clock()
+
+    def _refill(self) -> None:
+        now = self.clock()
+        self.tokens = min(float(self.burst), self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+
+    def take(self, wanted: int) -> tuple[int, float]:
+        """``(granted, wait)``: how many sends may go now, else how long until one may."""
+        self._refill()
+        if self.tokens < 1:
+            return 0, (1 - self.tokens) / self.rate
+        granted = min(wanted, int(self.tokens))
+        self.tokens -= granted
+        return granted, 0.0

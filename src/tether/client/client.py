@@ -19,7 +19,7 @@ from typing import Any, Awaitable, Callable, Literal
 
 import httpx
 
-from tether.client.backoff import Backoff
+from tether.client.backoff import Backoff, Pacer
 from tether.client.errors import ClientError, Disconnected, Failed, ServerError
 from tether.client.link import CLOSE_UNAUTHORIZED, Link
 from tether.client.outbox import Entry, Outbox, open_db
@@ -90,6 +90,7 @@ class Client:
         backoff: Backoff | None = None,
         sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
         batch_size: int = 50,
+        send_rate: float = 50.0,
         request_timeout: float = 10.0,
         ping_interval: float | None = None,
         debounce: float = 0.05,
@@ -101,6 +102,8 @@ class Client:
         self.backoff = backoff or Backoff()
         self.sleep = sleep
         self.batch_size = batch_size
+        self.pacer = Pacer(send_rate, batch_size, time.monotonic)
+        self._window = batch_size  # drops to 1 after a retryable refusal, until the outbox drains
         self.request_timeout = request_timeout
         self.ping_interval = ping_interval
         self.resume = resume
@@ -478,11 +481,18 @@ class Client:
             self._kick.clear()
             while not self._closing:
                 await self._online.wait()
-                batch = self.outbox.pending(self.batch_size)
+                granted, wait = self.pacer.take(self._window)
+                if not granted:
+                    await asyncio.sleep(wait)
+                    continue
+                batch = self.outbox.pending(granted)
                 if not batch:
+                    self.pacer.tokens += granted
+                    self._window = self.batch_size
                     self.last_synced_at = time.time()
                     self._drained.set()
                     break
+                self.pacer.tokens += granted - len(batch)
                 again = await self._send(batch)
                 if again:
                     if self.state == "failed":
@@ -540,6 +550,8 @@ class Client:
                     self._link.abort()  # reconnect with the new token
             else:
                 again = True
+                if isinstance(result, ServerError):  # refused for now (rate limit, 5xx): a later
+                    self._window = 1  # write of a batch could overtake it; stop-and-wait until drained
         return again
 
     def _settle(self, entry: Entry, result: Any) -> None:
