@@ -44,3 +44,10 @@ def need_redis() -> str:
 def unique(prefix: str = "t") -> str:
     """A name no other test (or xdist worker) uses: keys, schemas, channels."""
     return f"{prefix}{uuid.uuid4().hex[:10]}"
+
+
+def with_query(url: str, **params: str) -> str:
+    """``url`` with query parameters added (``schema=…`` for PostgreSQL)."""
+    from urllib.parse import urlencode
+
+    return url + ("&" if "?" in url else "?") + urlencode(params)

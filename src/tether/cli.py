@@ -34,6 +34,8 @@ def main() -> None:
 @click.option("--api-key", envvar=_env("api_key"), help="Key that backends send as X-API-Key.")
 @click.option("--database-url", envvar=_env("database_url"), help="postgresql://… to store in PostgreSQL.")
 @click.option("--redis-url", envvar=_env("redis_url"), help="redis://… for broker, history, presence and locks.")
+@click.option("--redis-prefix", default="tether:", show_default=True, envvar=_env("redis_prefix"),
+              help="Prefix of every Redis key and pub/sub channel (several services may share one Redis).")
 @click.option("--presence-ttl", type=float, default=30.0, show_default=True, envvar=_env("presence_ttl"),
               help="Seconds a REST heartbeat keeps a user present.")
 @click.option("--ping-interval", type=float, default=25.0, show_default=True, envvar=_env("ping_interval"),
@@ -48,6 +50,12 @@ def main() -> None:
               help="Frames a connection may have waiting before it is closed as a slow consumer.")
 @click.option("--history-size", type=int, default=1000, show_default=True, envvar=_env("history_size"))
 @click.option("--history-ttl", type=float, default=3600.0, show_default=True, envvar=_env("history_ttl"))
+@click.option("--device-ttl", type=float, default=30.0, show_default=True, envvar=_env("device_ttl"),
+              help="Seconds a device stays online after its node stops heartbeating it (cluster).")
+@click.option("--retain-ended", type=float, default=5.0, show_default=True, envvar=_env("retain_ended"),
+              help="Seconds a completed or failed shoot's progress stays retained.")
+@click.option("--stream-timeout", type=float, default=60.0, show_default=True, envvar=_env("stream_timeout"),
+              help="Seconds without a delta after which a stream is closed as abandoned.")
 @click.option("--channels-file", type=click.Path(path_type=Path, exists=True), envvar=_env("channels_file"),
               help="JSON list of namespace overrides (pattern, subscribe, publish, history_size, history_ttl).")
 @click.option("--log-level", default="info", show_default=True, envvar=_env("log_level"))

@@ -19,6 +19,7 @@ class Settings:
     api_key: str | None = None
     database_url: str | None = None  # postgresql://… switches storage to PostgreSQL
     redis_url: str | None = None  # redis://… switches broker, history, presence, locks to Redis
+    redis_prefix: str = "tether:"  # every Redis key and pub/sub channel starts with it (services sharing a Redis)
     presence_ttl: float = 30.0
     ping_interval: float = 25.0
     max_frame_bytes: int = 64 * 1024
@@ -30,6 +31,9 @@ class Settings:
     history_size: int = 1000
     history_ttl: float = 3600.0
     idempotency_ttl: float = 24 * 3600.0
+    device_ttl: float = 30.0  # a device's connections expire unless their node heartbeats them (cluster)
+    retain_ended: float = 5.0  # a completed/failed shoot's progress stays retained this long
+    stream_timeout: float = 60.0  # a stream with no delta for this long is closed as abandoned
     channels_file: Path | None = None  # JSON list of namespace overrides
     log_level: str = "info"
     extra: dict[str, object] = field(default_factory=dict)

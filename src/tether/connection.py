@@ -29,6 +29,7 @@ CLOSE_UNAUTHORIZED = 4001
 CLOSE_SLOW = 4008
 CLOSE_ABUSE = 4009
 CLOSE_TIMEOUT = 4011
+CLOSE_RESYNC = 4012  # the node lost a channel's live feed: reconnect and resubscribe with since
 CLOSE_TOO_LARGE = 1009
 CLOSE_SHUTDOWN = 1001
 

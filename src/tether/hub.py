@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING
 
 from tether.broker.base import Broker
@@ -16,15 +17,25 @@ class Hub:
         self.broker = broker
         self.metrics = metrics
         self.channels: dict[str, dict["Connection", None]] = {}
+        self._joining: dict[str, asyncio.Future[None]] = {}
 
     async def add(self, conn: "Connection", channel: str) -> None:
+        """Returns once this node receives the channel's events (a broker may need a round trip)."""
         subs = self.channels.get(channel)
         if subs is None:
             subs = self.channels[channel] = {}
             subs[conn] = None
-            await self.broker.subscribe(channel)
+            joining = self._joining[channel] = asyncio.ensure_future(self.broker.subscribe(channel))
+            try:
+                await asyncio.shield(joining)  # a cancelled caller must not cancel it for the others
+            finally:
+                if self._joining.get(channel) is joining:
+                    del self._joining[channel]
         else:
             subs[conn] = None
+            joining = self._joining.get(channel)
+            if joining is not None:  # another connection's subscribe is still on its way
+                await asyncio.shield(joining)
 
     async def remove(self, conn: "Connection", channel: str) -> None:
         subs = self.channels.get(channel)
@@ -34,6 +45,14 @@ class Hub:
         if not subs:
             del self.channels[channel]
             await self.broker.unsubscribe(channel)
+
+    def lost(self, channel: str) -> None:
+        """The broker cannot vouch for the channel's feed: make its subscribers reconnect
+        and resubscribe with ``since`` (recovering from history, or learning ``recovered: false``)."""
+        from tether.connection import CLOSE_RESYNC
+
+        for conn in tuple(self.channels.get(channel, ())):
+            conn.close(CLOSE_RESYNC, f"resync: the feed of {channel} was interrupted; reconnect and resubscribe")
 
     def deliver(self, channel: str, offset: int, text: str, exclude: str | None) -> None:
         """The fan-out loop: one encoded frame, appended to each subscriber's queue, no awaits."""

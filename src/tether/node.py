@@ -28,15 +28,25 @@ log = logging.getLogger("tether.node")
 
 def default_features() -> list[type[Feature]]:
     from tether.channels import ChannelsFeature
+    from tether.devices import DevicesFeature
+    from tether.documents import DocumentsFeature
+    from tether.events import EventsFeature
+    from tether.locks import LocksFeature
+    from tether.presence import PresenceFeature
+    from tether.sessions import SessionsFeature
+    from tether.streams import StreamsFeature
 
-    return [ChannelsFeature]
+    return [
+        ChannelsFeature, PresenceFeature, LocksFeature, DocumentsFeature,
+        SessionsFeature, EventsFeature, DevicesFeature, StreamsFeature,
+    ]
 
 
 async def open_broker(settings: Settings, db: Database) -> Broker:
     if settings.redis_url:
-        from tether.broker.redis import RedisBroker  # type: ignore[import-not-found]
+        from tether.broker.redis import RedisBroker
 
-        return await RedisBroker.open(settings.redis_url)
+        return await RedisBroker.open(settings.redis_url, settings.redis_prefix)
     from tether.broker.memory import MemoryBroker
 
     return MemoryBroker(db)
@@ -78,6 +88,7 @@ class Node:
             self.redis = redis.asyncio.from_url(s.redis_url)
         self.broker = await open_broker(s, self.db)
         self.hub = Hub(self.broker, self.metrics)
+        self.broker.on_lost = self.hub.lost
         await self.broker.start(self.hub.deliver)
         self.idempotency = Idempotency(self.db, s.idempotency_ttl)
         await self.idempotency.start()

@@ -104,6 +104,13 @@ def event(channel: str, offset: int, ftype: str, data: Any) -> str:
     return dumps({"type": ftype, "channel": channel, "offset": offset, "data": data})
 
 
+def event_parts(channel: str, ftype: str, data: Any) -> tuple[str, str]:
+    """:func:`event` split around its offset, for brokers that learn the offset elsewhere
+    (the Redis broker in its Lua script): ``head + str(offset) + tail == event(...)``."""
+    head = dumps({"type": ftype, "channel": channel})[:-1] + ',"offset":'
+    return head, ',"data":' + dumps(data) + "}"
+
+
 def ack(request: str | None, data: Any) -> str:
     return frame("ACK", data, id=request)
 

@@ -35,7 +35,14 @@ class Stream:
     complete: bool = True
 
 
+#: Called when a node can no longer vouch for a channel's live feed (its missed events left
+#: history, or its epoch changed): the channel's local subscribers must resubscribe with ``since``.
+Lost = Callable[[str], None]
+
+
 class Broker(ABC):
+    on_lost: Lost | None = None
+
     @abstractmethod
     async def start(self, deliver: Deliver) -> None: ...
 

@@ -55,7 +55,7 @@ def install_error_handlers(app: FastAPI) -> None:
         where = ".".join(loc) or "body"
         message = f"{where}: {first.get('msg', 'invalid')}"
         if first.get("type") == "json_invalid":
-            message = "body is not valid JSON"
+            where, message = "body", "body is not valid JSON"
         return JSONResponse(error_body("bad_request", message, field=where), status_code=422)
 
     @app.exception_handler(StarletteHTTPException)

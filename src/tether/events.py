@@ -1,0 +1,231 @@
+"""Server-pushed typed events and retained state (SPEC §3 UPDATE_PROGRESS, §4.5).
+
+Every event goes to ``users.{userId}`` through ``node.publish``. Some are also
+*retained*, so a device that connects later gets the current state right after
+``CONNECTED`` instead of waiting for the next update: every ``SHOOT_PROGRESS``
+per ``shootId`` (until ``retain_ended`` s after it completed or failed), the
+latest ``CREDIT_UPDATE``, and the latest of any other type pushed with
+``retain: true``. The retained store is SQL on the embedded default and Redis
+when the node has one (see :class:`RetainedStore`).
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from typing import TYPE_CHECKING, Any
+
+from fastapi import APIRouter, Header
+from pydantic import BaseModel, Field
+
+from tether import protocol
+from tether.auth import valid_id
+from tether.devices import DevicesFeature, holding_user_channel
+from tether.errors import TetherError, bad_request
+from tether.feature import Feature, Op
+from tether.jsonutil import dumps, loads
+from tether.server.http import Caller, NodeDep, require_server
+from tether.storage.database import Database
+
+if TYPE_CHECKING:
+    from tether.connection import Connection
+
+STATUSES = ("queued", "processing", "completed", "failed")
+ENDED = ("completed", "failed")
+#: Types a backend may not push: the protocol's own frames and events only Tether itself emits.
+RESERVED = frozenset({
+    "ACK", "ERROR", "CONNECTED", "PING", "PONG", "DEVICE_CONNECTED", "DEVICE_DISCONNECTED",
+    "STREAM_STARTED", "STREAM_DELTA", "STREAM_ENDED", "STREAM_STATE",
+})
+
+
+# -- the domain: validation and what to retain ---------------------------------
+
+def shoot_progress(data: Any) -> dict[str, Any]:
+    """Validate an ``UPDATE_PROGRESS`` (or pushed ``SHOOT_PROGRESS``) payload into a ``SHOOT_PROGRESS`` one,
+    fields named as the seed's Swift ``ShootProgressPayload`` decodes them."""
+    if not isinstance(data, dict):
+        raise bad_request("data must be an object {shootId, processedCount, totalCount, …}")
+    shoot = data.get("shootId")
+    if not isinstance(shoot, str) or not 0 < len(shoot) <= 256:
+        raise bad_request("'shootId' must be a non-empty string (up to 256 characters)")
+    counts = {}
+    for key in ("processedCount", "totalCount"):
+        value = data.get(key)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise bad_request(f"'{key}' must be a non-negative integer")
+        counts[key] = value
+    processed, total = counts["processedCount"], counts["totalCount"]
+    if processed > total:
+        raise bad_request(f"'processedCount' ({processed}) cannot exceed 'totalCount' ({total})")
+    status = data.get("status", "processing")
+    if status not in STATUSES:
+        raise bad_request(f"'status' must be one of {', '.join(STATUSES)}")
+    out: dict[str, Any] = {"shootId": shoot, "processedCount": processed, "totalCount": total,
+                           "progress": processed / total if total else 0.0}
+    for key in ("currentImage", "provider"):
+        if data.get(key) is not None:
+            if not isinstance(data[key], str):
+                raise bad_request(f"'{key}' must be a string")
+            out[key] = data[key]
+    eta = data.get("eta")
+    if eta is not None:
+        if not isinstance(eta, (int, float)) or isinstance(eta, bool) or eta < 0:
+            raise bad_request("'eta' must be a non-negative number of seconds")
+        out["eta"] = eta
+    out["status"] = status
+    return out
+
+
+def retention(type: str, data: dict[str, Any], retain: bool, now: float, ended_ttl: float = 5.0) -> tuple[str, float | None] | None:
+    """Whether an event is retained: ``(key, expires_at)``, or None. The key makes "latest per key"."""
+    if type == "SHOOT_PROGRESS":
+        return data["shootId"], (now + ended_ttl if data["status"] in ENDED else None)
+    if type == "CREDIT_UPDATE" or retain:
+        return "", None
+    return None
+
+
+def event_type(value: Any) -> str:
+    protocol.check_type(value)
+    if value in RESERVED:
+        raise bad_request(f"'type': {value} is emitted by Tether itself and cannot be pushed")
+    return str(value)
+
+
+# -- the retained store ----------------------------------------------------------
+
+class RetainedStore(ABC):
+    """Latest retained event per (user, type, key). ``now`` is passed in so tests control time."""
+
+    @abstractmethod
+    async def put(self, user: str, type: str, key: str, data: Any, expires_at: float | None, now: float) -> None: ...
+
+    @abstractmethod
+    async def get(self, user: str, now: float) -> list[tuple[str, Any]]:
+        """The user's unexpired retained events ``(type, data)``, oldest update first."""
+
+
+class SqlRetainedStore(RetainedStore):
+    SCHEMA = ["""CREATE TABLE IF NOT EXISTS retained_events (
+        user_id TEXT NOT NULL, type TEXT NOT NULL, key TEXT NOT NULL, data TEXT NOT NULL,
+        expires_at DOUBLE PRECISION, updated_at DOUBLE PRECISION NOT NULL,
+        PRIMARY KEY (user_id, type, key))"""]
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def start(self) -> None:
+        await self.db.migrate(self.SCHEMA)
+
+    async def put(self, user: str, type: str, key: str, data: Any, expires_at: float | None, now: float) -> None:
+        async with self.db.transaction() as tx:
+            await tx.execute("DELETE FROM retained_events WHERE user_id = ? AND expires_at <= ?", user, now)
+            await tx.execute(
+                """INSERT INTO retained_events (user_id, type, key, data, expires_at, updated_at) VALUES (?, ?, ?, ?, ?, ?)
+                   ON CONFLICT (user_id, type, key) DO UPDATE SET data = excluded.data,
+                   expires_at = excluded.expires_at, updated_at = excluded.updated_at""",
+                user, type, key, dumps(data), expires_at, now)
+
+    async def get(self, user: str, now: float) -> list[tuple[str, Any]]:
+        rows = await self.db.fetchall(
+            "SELECT type, data FROM retained_events WHERE user_id = ? AND (expires_at IS NULL OR expires_at > ?) "
+            "ORDER BY updated_at, type, key", user, now)
+        return [(str(r["type"]), loads(r["data"])) for r in rows]
+
+
+class RedisRetainedStore(RetainedStore):
+    """One hash per user: field ``type\\nkey`` -> ``[data, expires_at, updated_at]``."""
+
+    def __init__(self, redis: Any, prefix: str = "tether:retained") -> None:
+        self.redis, self.prefix = redis, prefix
+
+    async def start(self) -> None: ...
+
+    async def put(self, user: str, type: str, key: str, data: Any, expires_at: float | None, now: float) -> None:
+        await self.redis.hset(f"{self.prefix}:{user}", f"{type}\n{key}", dumps([data, expires_at, now]))
+
+    async def get(self, user: str, now: float) -> list[tuple[str, Any]]:
+        name = f"{self.prefix}:{user}"
+        live, expired = [], []
+        for field, raw in (await self.redis.hgetall(name)).items():
+            data, expires_at, updated_at = loads(raw)
+            if expires_at is not None and expires_at <= now:
+                expired.append(field)
+            else:
+                live.append((updated_at, field.decode(), data))
+        if expired:
+            await self.redis.hdel(name, *expired)
+        live.sort(key=lambda item: item[:2])
+        return [(field.split("\n", 1)[0], data) for _, field, data in live]
+
+
+# -- the feature ---------------------------------------------------------------
+
+class PushBody(BaseModel):
+    type: str = Field(..., description="UPPER_SNAKE_CASE event type, e.g. CREDIT_UPDATE")
+    data: dict[str, Any] = Field(..., description="the event payload (a JSON object)")
+    retain: bool = Field(False, description="keep the latest event of this type for devices that connect later")
+
+
+class EventsFeature(Feature):
+    name = "events"
+    store: SqlRetainedStore | RedisRetainedStore
+
+    async def start(self) -> None:
+        redis = self.node.redis
+        self.store = RedisRetainedStore(redis) if redis is not None else SqlRetainedStore(self.node.db)
+        await self.store.start()
+
+    def ops(self) -> dict[str, Op]:
+        return {"UPDATE_PROGRESS": self.update_progress}
+
+    async def connected(self, conn: "Connection") -> None:
+        async with holding_user_channel(conn):
+            for type, data in await self.store.get(conn.user_id, time.time()):
+                conn.send(protocol.frame(type, data, retained=True))
+
+    async def update_progress(self, conn: "Connection", data: dict[str, Any]) -> Any:
+        payload = shoot_progress(data)
+        position = await self.push(conn.user_id, "SHOOT_PROGRESS", payload, exclude=conn.id)
+        return {"shootId": payload["shootId"], "progress": payload["progress"], "offset": position.offset}
+
+    async def push(self, user: str, type: str, data: dict[str, Any], *, retain: bool = False, exclude: str | None = None) -> Any:
+        """Retain (first, so a device connecting meanwhile misses nothing), then publish to the user."""
+        now = time.time()
+        rule = retention(type, data, retain, now, self.node.settings.retain_ended)
+        if rule is not None:
+            await self.store.put(user, type, rule[0], data, rule[1], now)
+        return await self.node.publish(f"users.{user}", type, data, exclude=exclude)
+
+    async def connections(self, user: str) -> int:
+        try:
+            return await self.node.feature(DevicesFeature).registry.connections(user)  # type: ignore[no-any-return]
+        except LookupError:
+            return len(self.node.users.get(user, ()))
+
+    def router(self) -> APIRouter:
+        router = APIRouter(tags=["events"])
+
+        @router.post("/users/{user_id}/events", status_code=202)
+        async def push(user_id: str, body: PushBody, node: NodeDep, who: Caller,
+                       idempotency_key: str | None = Header(None)) -> dict[str, Any]:
+            """Push a typed event to every connection of a user (server API key only)."""
+            require_server(who)
+            if not valid_id(user_id):
+                raise bad_request("user_id: letters, digits and _ . @ + - only (up to 128)")
+            etype = event_type(body.type)
+            data = shoot_progress(body.data) if etype == "SHOOT_PROGRESS" else body.data
+            size = len(dumps(data))
+            if size > node.settings.max_frame_bytes:
+                raise TetherError("too_large", f"data is {size} bytes, over the {node.settings.max_frame_bytes}-byte limit")
+
+            async def run() -> dict[str, Any]:
+                position = await self.push(user_id, etype, data, retain=body.retain)
+                return {"delivered": await self.connections(user_id), "offset": position.offset}
+
+            if idempotency_key:
+                return await node.idempotency.run(f"{who.user_id}:rest", idempotency_key, run)  # type: ignore[no-any-return]
+            return await run()
+
+        return router
