@@ -82,7 +82,7 @@ class Write:
 class Client:
     def __init__(
         self,
-        url: str,
+        url: str | list[str],
         token: str,
         store: str = ":memory:",
         *,
@@ -96,7 +96,10 @@ class Client:
         debounce: float = 0.05,
         resume: bool = True,
     ) -> None:
-        self.url = url.rstrip("/")
+        # Several URLs (the nodes of a cluster without a load balancer): after a failed
+        # attempt or a dropped link the client moves on to the next one.
+        self.urls = [u.rstrip("/") for u in ([url] if isinstance(url, str) else url)]
+        self._node = 0
         self.token = token
         self.token_refresh = token_refresh
         self.backoff = backoff or Backoff()
@@ -110,7 +113,7 @@ class Client:
         self.db = open_db(store)
         self.outbox = Outbox(self.db)
         self.store = Store(self.db, self.outbox, debounce=debounce)
-        self.http = httpx.AsyncClient(base_url=self.url, timeout=request_timeout)
+        self.http = httpx.AsyncClient(timeout=request_timeout)
         self.user_id: str | None = None
         self.device_id: str | None = None
         self.last_synced_at: float | None = None
@@ -133,6 +136,11 @@ class Client:
         self._closing = False
 
     # -- state ------------------------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        """The server (node) the client uses now."""
+        return self.urls[self._node % len(self.urls)]
 
     @property
     def state(self) -> State:
@@ -226,7 +234,8 @@ class Client:
                 self._fail(exc)
                 return
             except (OSError, asyncio.TimeoutError, Disconnected, Exception) as exc:
-                log.info("connect failed: %s", exc)
+                log.info("connect to %s failed: %s", self.url, exc)
+                self._node += 1
                 self._settled.set()
                 if not await self._pause():
                     self._fail(Failed(f"gave up after {self.backoff.attempt} attempts: {exc}"))
@@ -252,6 +261,7 @@ class Client:
             self._link = None
             if self._closing:
                 return
+            self._node += 1
             if link.close_code == CLOSE_UNAUTHORIZED and not await self._reauth():
                 self._fail(ServerError("unauthorized", link.close_reason, 401))
                 return
@@ -582,7 +592,7 @@ class Client:
         """One REST call with the current token; errors raised classified (``ServerError.action``)."""
         h = {"Authorization": f"Bearer {self.token}", **(headers or {})}
         try:
-            r = await self.http.request(method, path, json=json, headers=h)
+            r = await self.http.request(method, self.url + path, json=json, headers=h)
         except httpx.HTTPError as exc:
             raise Disconnected(f"{method} {path}: {exc!r}") from None
         body: Any = None
