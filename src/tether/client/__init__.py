@@ -1,0 +1,10 @@
+"""The local-first Python client (SPEC §5): ``from tether.client import Client``."""
+
+from tether.client.backoff import Backoff
+from tether.client.client import Client, Subscription, Write
+from tether.client.documents import Collection
+from tether.client.errors import ClientError, Conflict, Disconnected, Failed, LockTimeout, ServerError, classify
+from tether.client.outbox import Entry
+
+__all__ = ["Backoff", "Client", "ClientError", "Collection", "Conflict", "Disconnected", "Entry", "Failed",
+           "LockTimeout", "ServerError", "Subscription", "Write", "classify"]

@@ -1,0 +1,58 @@
+"""What can go wrong, sorted into what the client does about it (SPEC §5).
+
+``classify`` maps a server answer to one of three actions:
+- ``retry``: the write may succeed later (network, 5xx, rate limit): keep it queued.
+- ``reauth``: the token is no longer accepted: refresh it, then retry.
+- ``reject``: the server refused this write for good (other 4xx): roll it back, tell the app.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+Action = Literal["retry", "reauth", "reject"]
+
+RETRY_CODES = {"rate_limited", "unavailable"}
+
+
+class ClientError(Exception):
+    """Base of every error ``tether.client`` raises."""
+
+
+class ServerError(ClientError):
+    """The server answered with an error (WS ``ERROR`` frame or REST ``{"error": …}``)."""
+
+    def __init__(self, code: str, message: str, status: int | None = None, data: dict[str, Any] | None = None) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code, self.message, self.status = code, message, status
+        self.data = data or {}
+
+    @property
+    def action(self) -> Action:
+        return classify(self.code, self.status)
+
+
+class Disconnected(ClientError):
+    """The link dropped (or was not up) before an answer came: always retryable."""
+
+    action: Action = "retry"
+
+
+class Failed(ClientError):
+    """The client gave up: attempts exhausted, or the token was refused and could not be refreshed."""
+
+
+class Conflict(ClientError):
+    """``update_with_retry`` still hit version conflicts after its last retry."""
+
+
+class LockTimeout(ClientError):
+    """``lock()`` could not acquire the lock within its timeout."""
+
+
+def classify(code: str | None, status: int | None = None) -> Action:
+    if code == "unauthorized" or status == 401:
+        return "reauth"
+    if code in RETRY_CODES or (status is not None and (status >= 500 or status in (408, 429))):
+        return "retry"
+    return "reject"

@@ -1,0 +1,199 @@
+"""tether.client with the server's domain modules: documents, presence, locks, sessions, devices,
+and the runnable examples."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tether.client import Backoff, Client, Conflict, ServerError
+from tests.helpers import ServerProcess, WsClient
+
+ROOT = Path(__file__).resolve().parents[1]
+FAST = dict(base=0.05, cap=0.2, max_attempts=None)
+
+
+async def eventually(predicate: Any, timeout: float = 15) -> None:
+    """Poll until ``predicate()`` holds (a loaded machine may be slow; never assert on time)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not predicate():
+        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
+        await asyncio.sleep(0.02)
+
+
+def need(srv: ServerProcess, *paths: str) -> None:
+    spec = httpx.get(srv.url + "/openapi.json", timeout=5).json()
+    missing = [p for p in paths if p not in spec.get("paths", {})]
+    assert not missing, f"server has no {', '.join(missing)}"
+
+
+def client(srv: ServerProcess, token: str = "alice:phone", **kw: Any) -> Client:
+    return Client(srv.url, token, backoff=Backoff(**FAST), **kw)
+
+
+def run_example(name: str, srv: ServerProcess) -> str:
+    out = subprocess.run([sys.executable, str(ROOT / "examples" / name), srv.url], capture_output=True, text=True,
+                         env={**os.environ}, timeout=60)
+    assert out.returncode == 0, out.stdout + out.stderr
+    return out.stdout
+
+
+DOCS = "/api/collections/{collection}/documents"
+
+
+async def test_documents_offline_writes_roll_back_a_conflict(server_factory) -> None:
+    srv = server_factory(start=False)
+    srv.start()
+    need(srv, DOCS)
+    srv.kill()
+    c = client(srv)
+    refused: list[str] = []
+    c.on_error(lambda err, entry: refused.append(f"{entry.kind}:{err.code}"))
+    await c.connect(wait=False)
+    notes = c.documents("notes")
+    created = await notes.create({"title": "draft"}, id="n1")
+    await notes.update("n1", {"title": "second"})
+    assert notes.local("n1")["data"] == {"title": "second"} and notes.local("n1")["pending"] is True
+    await asyncio.to_thread(srv.start)
+    await c.flush()
+    doc = await created
+    assert doc["id"] == "n1"
+    server_copy = await notes.fetch("n1")
+    assert server_copy is not None and server_copy["data"] == {"title": "second"}
+    version = server_copy["version"]
+
+    other = client(srv, "alice:laptop")  # the same user on another device moves the document on
+    await other.connect()
+    await (await other.documents("notes").update("n1", {"title": "from laptop"}, version=version))
+    stale = await notes.update("n1", {"title": "stale edit"}, version=version)
+    later = await notes.create({"title": "still works"}, id="n2")
+    await c.flush()
+    with pytest.raises(ServerError) as conflict:
+        await stale
+    assert conflict.value.status == 409 and refused == ["doc.update:conflict"]
+    assert notes.local("n1")["data"] == {"title": "from laptop"}  # rolled back to the server's truth
+    assert (await later)["id"] == "n2"
+    await other.close()
+    await c.close()
+
+
+async def test_update_with_retry_converges_under_contention(shared_server: ServerProcess) -> None:
+    need(shared_server, DOCS)
+    a, b = client(shared_server, "erin:a"), client(shared_server, "erin:b")
+    await a.connect()
+    await b.connect()
+    doc = await (await a.documents("counters").create({"n": 0}))
+
+    def inc(data: dict[str, int]) -> dict[str, int]:
+        return {"n": data["n"] + 1}
+
+    await asyncio.gather(*[x.update_with_retry("counters", doc["id"], inc, max_retries=20) for x in (a, b) for _ in range(4)])
+    final = await a.documents("counters").fetch(doc["id"])
+    assert final is not None and final["data"] == {"n": 8}
+
+    def never(data: Any) -> Any:  # a competing writer wins every time
+        return {"n": -1}
+
+    async def rival() -> None:
+        async with httpx.AsyncClient(base_url=shared_server.url, headers={"Authorization": "Bearer erin:c"}) as h:
+            await h.put(f"/api/collections/counters/documents/{doc['id']}", json={"data": {"n": 99}})
+
+    calls = 0
+
+    async def sneaky(data: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        await rival()
+        return {"n": data["n"] + 1}
+
+    with pytest.raises(Conflict):
+        await a.update_with_retry("counters", doc["id"], sneaky, max_retries=2)
+    assert calls == 3
+    await a.close()
+    await b.close()
+
+
+async def test_presence_and_lock_helpers(server_factory) -> None:
+    srv = server_factory("--presence-ttl", "2")
+    need(srv, "/api/presence/{key}", "/api/locks/{key}")
+    c = client(srv)
+    await c.connect()
+    async with c.presence("room-1") as here:
+        assert "alice" in await here.members()
+    async with httpx.AsyncClient(base_url=srv.url, headers={"Authorization": "Bearer bob"}) as h:
+        assert "alice" not in (await h.get("/api/presence/room-1")).json()["users"]
+
+    lost: list[bool] = []
+    async with c.lock("res", ttl=1, on_lost=lambda: lost.append(True)) as lock:
+        first = lock.fencing_token
+        async with httpx.AsyncClient(base_url=srv.url, headers={"Authorization": "Bearer bob"}) as h:
+            assert (await h.post("/api/locks/res", json={"ttl_seconds": 1})).json()["acquired"] is False
+        assert srv.proc is not None
+        os.kill(srv.proc.pid, signal.SIGSTOP)  # the extension cannot land before the TTL runs out
+        try:
+            await asyncio.wait_for(lock.lost.wait(), 10)
+        finally:
+            os.kill(srv.proc.pid, signal.SIGCONT)
+    assert lost == [True]
+    async with c.lock("res", ttl=2, timeout=5) as lock:
+        assert lock.fencing_token > first
+    await c.close()
+
+
+async def test_example_editor_lock(shared_server: ServerProcess) -> None:
+    need(shared_server, "/api/locks/{key}", "/api/presence/{key}")
+    out = run_example("editor_lock.py", shared_server)
+    assert "bob: chapter-1 is being edited by someone else" in out and "extended" in out
+
+
+async def test_example_chat_session(shared_server: ServerProcess) -> None:
+    need(shared_server, "/api/sessions")
+    out = run_example("chat_session.py", shared_server)
+    assert "alice sees: hello from bob" in out and "alice sees: shall we start?" in out
+
+
+async def test_example_device_progress(shared_server: ServerProcess) -> None:
+    out = run_example("device_progress.py", shared_server)
+    assert "laptop: shoot shoot-1 4/4 (completed)" in out
+
+
+async def test_server_killed_while_publishing_and_writing_documents(server_factory) -> None:
+    """Publishes and document writes interleaved through a SIGKILL: each applied once, in order."""
+    srv = server_factory()
+    need(srv, DOCS)
+    c = client(srv)
+    await c.connect()
+    seen: list[int] = []
+    await c.subscribe("public.mixed", lambda e: seen.append(e["data"]["n"]))
+    board = c.documents("boards")
+    await board.create({"steps": []}, id="b1")
+    N = 30
+    for n in range(N):
+        await c.publish("public.mixed", {"n": n})
+        await board.update("b1", {"steps": list(range(n + 1))})  # last-write-wins: order decides
+        if n == N // 3:
+            await asyncio.sleep(0.05)
+            srv.kill()
+        if n == 2 * N // 3:
+            await asyncio.to_thread(srv.start)
+        await asyncio.sleep(0.005)
+    await c.flush()
+    doc = await board.fetch("b1")
+    assert doc is not None and doc["data"] == {"steps": list(range(N))}
+    assert doc["version"] == N + 1  # one create + N updates: a duplicated write would bump it again
+    ws = await WsClient.connect(srv, "auditor")
+    ack = await ws.request("SUBSCRIBE", {"channel": "public.mixed"})
+    full = await ws.request("SUBSCRIBE", {"channel": "public.mixed", "since": {"offset": 0, "epoch": ack["epoch"]}})
+    assert [e["data"]["n"] for e in full["publications"]] == list(range(N))
+    await ws.close()
+    await eventually(lambda: len(seen) >= N)
+    assert seen == list(range(N))
+    await c.close()
