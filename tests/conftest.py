@@ -5,7 +5,21 @@ from typing import Iterator
 
 import pytest
 
-from tests.helpers import ServerProcess
+from tests.helpers import SCALED, ServerProcess, drop_scaled_data
+
+
+def pytest_report_header() -> str:
+    return "tether test backend: " + ("scaled (PostgreSQL + Redis, TETHER_TEST_BACKEND=scaled)" if SCALED else "embedded")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _scaled_cleanup() -> Iterator[None]:
+    """With TETHER_TEST_BACKEND=scaled, drop this process's schemas and Redis keys at the end."""
+    yield
+    if SCALED:
+        import asyncio
+
+        asyncio.run(drop_scaled_data())
 
 
 @pytest.fixture

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import itertools
 import os
 import signal
@@ -10,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -20,6 +22,46 @@ import websockets
 from tether.jsonutil import dumps, loads
 
 API_KEY = "test-api-key"
+
+# TETHER_TEST_BACKEND=scaled runs every ServerProcess on the machine's PostgreSQL and Redis
+# (tests/services.py) instead of SQLite + in-process: the same suites against the scaled-out
+# engines. Each data dir gets its own schema and key prefix, so a restart (same data dir) finds
+# its data again and two servers on one data dir are two nodes of one cluster.
+SCALED = os.environ.get("TETHER_TEST_BACKEND", "embedded") == "scaled"
+SCALED_RUN = f"scaled_{os.getpid()}_{uuid.uuid4().hex[:6]}"  # one per test process, for cleanup
+
+
+def scaled_env(data_dir: Path) -> dict[str, str]:
+    from tests.services import need_postgres, need_redis, with_query
+
+    tag = hashlib.sha1(str(data_dir.resolve()).encode()).hexdigest()[:10]
+    return {
+        "TETHER_DATABASE_URL": with_query(need_postgres(), schema=f"{SCALED_RUN}_{tag}"),
+        "TETHER_REDIS_URL": need_redis(),
+        "TETHER_REDIS_PREFIX": f"{SCALED_RUN}:{tag}:",
+    }
+
+
+async def drop_scaled_data() -> None:
+    """Drop the schemas and Redis keys this test process's servers created."""
+    import asyncpg
+    import redis.asyncio
+
+    from tests.services import POSTGRES_URL, REDIS_URL
+
+    conn = await asyncpg.connect(POSTGRES_URL)
+    try:
+        for row in await conn.fetch("SELECT nspname FROM pg_namespace WHERE nspname LIKE $1", SCALED_RUN + "%"):
+            await conn.execute(f'DROP SCHEMA IF EXISTS "{row["nspname"]}" CASCADE')
+    finally:
+        await conn.close()
+    client = redis.asyncio.from_url(REDIS_URL)
+    try:
+        keys = [k async for k in client.scan_iter(SCALED_RUN + ":*", count=1000)]
+        for i in range(0, len(keys), 1000):
+            await client.delete(*keys[i:i + 1000])
+    finally:
+        await client.aclose()
 
 
 def free_port() -> int:
@@ -34,7 +76,8 @@ class ServerProcess:
     def __init__(self, data_dir: Path, *args: str, env: dict[str, str] | None = None, port: int | None = None) -> None:
         self.data_dir = data_dir
         self.args = list(args)
-        self.env = {**os.environ, "TETHER_API_KEY": API_KEY, "TETHER_LOG_LEVEL": "warning", **(env or {})}
+        scaled = scaled_env(data_dir) if SCALED and not {"TETHER_DATABASE_URL", "TETHER_REDIS_URL"} & set(env or {}) else {}
+        self.env = {**os.environ, "TETHER_API_KEY": API_KEY, "TETHER_LOG_LEVEL": "warning", **scaled, **(env or {})}
         self.port = port or free_port()
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = data_dir / f"server-{self.port}.log"

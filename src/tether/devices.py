@@ -187,7 +187,7 @@ return 0
 
 
 class RedisDeviceRegistry(DeviceRegistry):
-    def __init__(self, redis: Any, ttl: float, prefix: str = "tether:devices") -> None:
+    def __init__(self, redis: Any, ttl: float, prefix: str) -> None:
         super().__init__(ttl)
         self.redis, self.prefix = redis, prefix
         self._add, self._remove = redis.register_script(_ADD), redis.register_script(_REMOVE)
@@ -242,7 +242,8 @@ class DevicesFeature(Feature):
     async def start(self) -> None:
         ttl = self.node.settings.device_ttl
         redis = self.node.redis
-        self.registry = RedisDeviceRegistry(redis, ttl) if redis is not None else MemoryDeviceRegistry(ttl)
+        prefix = self.node.settings.redis_prefix + "devices"
+        self.registry = RedisDeviceRegistry(redis, ttl, prefix) if redis is not None else MemoryDeviceRegistry(ttl)
         self._task = asyncio.create_task(self._heartbeat())
 
     async def stop(self) -> None:

@@ -137,7 +137,7 @@ class SqlRetainedStore(RetainedStore):
 class RedisRetainedStore(RetainedStore):
     """One hash per user: field ``type\\nkey`` -> ``[data, expires_at, updated_at]``."""
 
-    def __init__(self, redis: Any, prefix: str = "tether:retained") -> None:
+    def __init__(self, redis: Any, prefix: str) -> None:
         self.redis, self.prefix = redis, prefix
 
     async def start(self) -> None: ...
@@ -174,7 +174,8 @@ class EventsFeature(Feature):
 
     async def start(self) -> None:
         redis = self.node.redis
-        self.store = RedisRetainedStore(redis) if redis is not None else SqlRetainedStore(self.node.db)
+        self.store = (RedisRetainedStore(redis, self.node.settings.redis_prefix + "retained")
+                      if redis is not None else SqlRetainedStore(self.node.db))
         await self.store.start()
 
     def ops(self) -> dict[str, Op]:

@@ -178,7 +178,7 @@ return 1
 
 
 class RedisLockStore(LockStore):
-    def __init__(self, redis: Any, db: Database, prefix: str = "tether:") -> None:
+    def __init__(self, redis: Any, db: Database, prefix: str) -> None:
         self.redis, self.db, self.prefix = redis, db, prefix
         self._acquire = redis.register_script(_ACQUIRE)
         self._extend = redis.register_script(_EXTEND)
@@ -299,7 +299,8 @@ class LocksFeature(Feature):
 
     async def start(self) -> None:
         node = self.node
-        self.store = RedisLockStore(node.redis, node.db) if node.redis is not None else SqlLockStore(node.db)
+        self.store = (RedisLockStore(node.redis, node.db, node.settings.redis_prefix)
+                      if node.redis is not None else SqlLockStore(node.db))
         await self.store.start()
         self._task = asyncio.create_task(self._gauge_loop())
 

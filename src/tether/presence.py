@@ -199,7 +199,7 @@ return out
 
 
 class RedisPresenceStore(PresenceStore):
-    def __init__(self, redis: Any, prefix: str = "tether:presence:") -> None:
+    def __init__(self, redis: Any, prefix: str) -> None:
         self.redis, self.p = redis, prefix
         self._touch = redis.register_script(_TOUCH)
         self._remove = redis.register_script(_REMOVE)
@@ -299,7 +299,8 @@ class PresenceFeature(Feature):
 
     async def start(self) -> None:
         node = self.node
-        self.store = RedisPresenceStore(node.redis) if node.redis is not None else MemoryPresenceStore()
+        self.store = (RedisPresenceStore(node.redis, node.settings.redis_prefix + "presence:")
+                      if node.redis is not None else MemoryPresenceStore())
         self._task = asyncio.create_task(self._sweeper())
 
     async def stop(self) -> None:
