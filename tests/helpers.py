@@ -234,3 +234,22 @@ class WsClient:
     async def close(self) -> None:
         await self.ws.close()
         self._reader.cancel()
+
+
+async def eventually(predicate: Any, timeout: float = 15) -> None:
+    """Poll until ``predicate()`` holds (a loaded machine may be slow; never assert on time)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not predicate():
+        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
+        await asyncio.sleep(0.02)
+
+
+FAST_BACKOFF = dict(base=0.05, cap=0.2, max_attempts=None)
+
+
+def fast_client(srv: ServerProcess, token: str = "alice:phone", store: str = ":memory:", **kw: Any) -> Any:
+    """A tether.client.Client that reconnects quickly, for tests."""
+    from tether.client import Backoff, Client
+
+    return Client(srv.url, token, store=store, backoff=Backoff(**FAST_BACKOFF), **kw)
+

@@ -14,21 +14,10 @@ from typing import Any
 import pytest
 
 from tether.client import Backoff, Client, Failed, ServerError
-from tests.helpers import ServerProcess, WsClient, free_port
-
-FAST = dict(base=0.05, cap=0.2, max_attempts=None)
+from tests.helpers import FAST_BACKOFF as FAST, ServerProcess, WsClient, eventually, fast_client, free_port
 
 
-async def eventually(predicate: Any, timeout: float = 15) -> None:
-    """Poll until ``predicate()`` holds (a loaded machine may be slow; never assert on time)."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not predicate():
-        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.02)
 
-
-def fast_client(srv: ServerProcess, token: str = "alice:phone", store: str = ":memory:", **kw: Any) -> Client:
-    return Client(srv.url, token, store=store, backoff=Backoff(**FAST), **kw)
 
 
 async def history(srv: ServerProcess, channel: str) -> list[dict[str, Any]]:

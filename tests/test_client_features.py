@@ -15,18 +15,10 @@ import httpx
 import pytest
 
 from tether.client import Backoff, Client, Conflict, ServerError
-from tests.helpers import ServerProcess, WsClient
+from tests.helpers import FAST_BACKOFF as FAST, ServerProcess, WsClient, eventually
 
 ROOT = Path(__file__).resolve().parents[1]
-FAST = dict(base=0.05, cap=0.2, max_attempts=None)
 
-
-async def eventually(predicate: Any, timeout: float = 15) -> None:
-    """Poll until ``predicate()`` holds (a loaded machine may be slow; never assert on time)."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not predicate():
-        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.02)
 
 
 def need(srv: ServerProcess, *paths: str) -> None:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Awaitable, Callable, Union
 
 from tether.auth import Identity
-from tether.errors import TetherError, forbidden
+from tether.errors import forbidden
 from tether.jsonutil import loads
 
 Check = Callable[[Identity, str], Awaitable[None]]

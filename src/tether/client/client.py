@@ -15,7 +15,7 @@ import contextlib
 import inspect
 import logging
 import time
-from typing import Any, Awaitable, Callable, Literal
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Literal
 
 import httpx
 
@@ -24,6 +24,9 @@ from tether.client.errors import ClientError, Disconnected, Failed, ServerError
 from tether.client.link import CLOSE_UNAUTHORIZED, Link
 from tether.client.outbox import Entry, Outbox, open_db
 from tether.client.store import Store
+
+if TYPE_CHECKING:
+    from tether.client.documents import Collection
 
 log = logging.getLogger("tether.client")
 
