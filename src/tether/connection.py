@@ -180,7 +180,9 @@ class Connection:
             if frame.channel is not None and "channel" not in data:
                 data = {**data, "channel": frame.channel}
             key = data.get("idempotency_key")
-            if key is not None:
+            # SUBSCRIBE is no write (repeating it is harmless) and its answer, a live recovery
+            # that releases held events, must never be replayed from a stored record.
+            if key is not None and frame.type != "SUBSCRIBE":
                 result = await self.node.idempotency.run(
                     f"{self.user_id}:ws", key, lambda: op(self, data))
             else:
