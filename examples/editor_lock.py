@@ -21,7 +21,7 @@ async def main(url: str) -> tuple[int, int]:
     bob = Client(url, "bob:desktop")
     await alice.connect()
     await bob.connect()
-    async with alice.presence("chapter-1"), alice.lock("chapter-1", ttl=1) as lock:
+    async with alice.presence("chapter-1"), alice.lock("chapter-1", ttl=2) as lock:
         first = lock.fencing_token
         print(f"alice holds the lock, fencing token {first}")
         try:
@@ -29,7 +29,7 @@ async def main(url: str) -> tuple[int, int]:
                 raise SystemExit("bob should not get a held lock")
         except LockTimeout:
             print("bob: chapter-1 is being edited by someone else")
-        await asyncio.sleep(1.6)  # longer than the TTL: the extension keeps it
+        await asyncio.sleep(3)  # longer than the TTL: the extension keeps it
         assert not lock.lost.is_set(), "the lock should have been extended"
         print("alice still holds it after its TTL (extended at half the TTL)")
     async with bob.lock("chapter-1", ttl=1, timeout=5) as lock:
