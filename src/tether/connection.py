@@ -183,8 +183,9 @@ class Connection:
             # SUBSCRIBE is no write (repeating it is harmless) and its answer, a live recovery
             # that releases held events, must never be replayed from a stored record.
             if key is not None and frame.type != "SUBSCRIBE":
+                # Scoped per request type: a key reused for another kind of write is a new write.
                 result = await self.node.idempotency.run(
-                    f"{self.user_id}:ws", key, lambda: op(self, data))
+                    f"{self.user_id}:ws:{frame.type}", key, lambda: op(self, data))
             else:
                 result = await op(self, data)
         except TetherError as exc:
