@@ -74,9 +74,12 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                   TimeElapsedColumn(), console=console, transient=False) as progress:
-        overall = progress.add_task("all", total=len(workloads) * len(systems))
+        plan = [(w, s) for w in workloads for s in systems if w not in run.TETHER_ONLY or s == "tether"]
+        overall = progress.add_task("all", total=len(plan))
         for w in workloads:
             for s in systems:
+                if (w, s) not in plan:
+                    continue
                 step = progress.add_task(f"{w} · {s}", total=None)
                 os.environ["BENCH_WORKLOAD"] = w  # names the profile file when BENCH_PROFILE is set
 

@@ -25,10 +25,15 @@ class Sizes:
     seconds: float = 5.0  # measuring window per phase
     warmup: float = 1.0
     procs: int = 3  # subscriber processes
+    op_clients: int = 16  # concurrent clients per Tether op (ops workload)
+    recover: int = 1000  # clients recovering after a server crash
+    missed: int = 20  # events published while they are away
 
 
-QUICK = Sizes(fanout=300, many=1000, idle=2000, latency_rate=6000, seconds=2.0, warmup=0.7, procs=2)
-SMOKE = Sizes(fanout=10, many=10, idle=20, latency_rate=200, seconds=0.3, warmup=0.2, procs=1)
+QUICK = Sizes(fanout=300, many=1000, idle=2000, latency_rate=6000, seconds=2.0, warmup=0.7, procs=2,
+              op_clients=16, recover=300, missed=20)
+SMOKE = Sizes(fanout=10, many=10, idle=20, latency_rate=200, seconds=0.3, warmup=0.2, procs=1,
+              op_clients=2, recover=5, missed=3)
 
 Status = Callable[[str], None]
 
@@ -199,11 +204,16 @@ def idle(system: str, sizes: Sizes, status: Status) -> dict[str, Any]:
         server.stop()
 
 
+from bench import ops as _ops  # noqa: E402  (it imports this module's helpers lazily)
+
 WORKLOADS: dict[str, Callable[[str, Sizes, Status], dict[str, Any]]] = {
     "fanout": fanout,
     "many_channels": many_channels,
     "idle_connections": idle,
+    "ops": _ops.ops,
+    "recovery": _ops.recovery,
 }
+TETHER_ONLY = {"ops", "recovery"}
 
 
 def machine() -> dict[str, Any]:

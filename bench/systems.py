@@ -16,6 +16,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PEERS = ROOT / "bench" / "peers"
 NODE_PEER = PEERS / "socketio-node"
 
+API_KEY = "bench-api-key"
 SYSTEMS = ["tether", "websockets-broadcast", "python-socketio", "socket.io-node"]
 
 
@@ -52,24 +53,31 @@ def check(system: str) -> None:
 
 
 class Server:
-    def __init__(self, system: str) -> None:
+    """One server process; ``env`` adds variables (e.g. Tether's Redis/PostgreSQL URLs)."""
+
+    def __init__(self, system: str, env: dict[str, str] | None = None) -> None:
         self.system = system
         self.port = free_port()
         self.dir = Path(tempfile.mkdtemp(prefix=f"bench-{system}-"))
-        env = {**os.environ, "PYTHONPATH": str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")}
+        self.env = {**os.environ, "PYTHONPATH": str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""),
+                    **(env or {})}
+        self._spawn()
+
+    def _spawn(self) -> None:
+        system = self.system
         py = sys.executable
         p = str(self.port)
         cmd = {
             # Limits raised so the bench measures throughput, not the abuse guards.
             "tether": [py, "-m", "tether", "serve", "--port", p, "--data-dir", str(self.dir),
                        "--rate-per-connection", "1e9", "--rate-burst", "1000000000", "--rate-per-user", "1e9",
-                       "--log-level", "warning"],
+                       "--api-key", API_KEY, "--log-level", "warning"],
             "websockets-broadcast": [py, str(PEERS / "ws_broadcast.py"), p],
             "python-socketio": [py, str(PEERS / "socketio_py.py"), p],
             "socket.io-node": ["node", str(NODE_PEER / "server.js"), p],
         }[system]
-        self.log = open(self.dir / "server.log", "wb")
-        self.proc = subprocess.Popen(cmd, env=env, stdout=self.log, stderr=subprocess.STDOUT, cwd=ROOT)
+        self.log = open(self.dir / "server.log", "ab")
+        self.proc = subprocess.Popen(cmd, env=self.env, stdout=self.log, stderr=subprocess.STDOUT, cwd=ROOT)
         self.pid = self.proc.pid
         self._wait()
         self.profiler: subprocess.Popen[bytes] | None = None
@@ -98,6 +106,16 @@ class Server:
 
     def rss(self) -> int:
         return rss(self.pid)
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown hooks run (what a crash looks like)."""
+        self.proc.kill()
+        self.proc.wait()
+        self.log.close()
+
+    def restart(self) -> None:
+        """Start again on the same port and data directory, after :meth:`kill`."""
+        self._spawn()
 
     def stop(self) -> None:
         if self.profiler is not None:
