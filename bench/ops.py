@@ -40,6 +40,8 @@ class Rpc:
     @classmethod
     async def open(cls, port: int, user: str) -> "Rpc":
         rpc = cls(await connect(DIALECTS["tether"], port, user))
+        if rpc.c.ready and not rpc.connected.done():  # CONNECTED came with the handshake's reply
+            rpc.connected.set_result({})
         await asyncio.wait_for(rpc.connected, 30)
         return rpc
 

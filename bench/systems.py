@@ -24,6 +24,49 @@ class Unavailable(Exception):
     """This system cannot run here (the message says why); the bench skips it."""
 
 
+REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379")
+POSTGRES_URL = os.environ.get("BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+def scaled_env(tag: str) -> dict[str, str]:
+    """Tether on PostgreSQL + Redis, in a schema and key prefix of its own (``tag``)."""
+    from urllib.parse import urlsplit
+
+    for url in (REDIS_URL, POSTGRES_URL):
+        u = urlsplit(url)
+        try:
+            socket.create_connection((u.hostname or "127.0.0.1", u.port or 0), timeout=1).close()
+        except OSError:
+            raise Unavailable(f"{url} is not reachable (set BENCH_REDIS_URL / BENCH_POSTGRES_URL)") from None
+    sep = "&" if "?" in POSTGRES_URL else "?"
+    return {"TETHER_REDIS_URL": REDIS_URL, "TETHER_REDIS_PREFIX": f"{tag}:",
+            "TETHER_DATABASE_URL": f"{POSTGRES_URL}{sep}schema={tag}"}
+
+
+def drop_scaled(tag: str) -> None:
+    """Remove the schema and Redis keys a :func:`scaled_env` run left."""
+    import asyncio
+
+    async def drop() -> None:
+        import asyncpg
+        import redis.asyncio
+
+        conn = await asyncpg.connect(POSTGRES_URL)
+        try:
+            await conn.execute(f'DROP SCHEMA IF EXISTS "{tag}" CASCADE')
+        finally:
+            await conn.close()
+        r = redis.asyncio.from_url(REDIS_URL)
+        try:
+            keys = [k async for k in r.scan_iter(f"{tag}:*", count=1000)]
+            for i in range(0, len(keys), 1000):
+                await r.delete(*keys[i:i + 1000])
+        finally:
+            await r.aclose()
+
+    asyncio.run(drop())
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
