@@ -239,7 +239,8 @@ def cluster(system: str, sizes: Sizes, status: Status) -> dict[str, Any]:
                 s.stop()
             drop_scaled(tag)
     one, two = out["nodes_1"], out["nodes_2"]
-    out.update({k: two[k] for k in ("deliveries_per_s", "p50_ms", "p99_ms", "p999_ms", "deliveries_per_server_cpu_s")})
+    out.update({k: two[k] for k in ("deliveries_per_s", "p50_ms", "p99_ms", "p999_ms", "deliveries_per_server_cpu_s",
+                                    "server_cpu_pct", "loadgen_cpu_pct")})
     out["ratio_2_to_1"] = round(two["deliveries_per_s"] / one["deliveries_per_s"], 2) if one["deliveries_per_s"] else None
     return out
 
