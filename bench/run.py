@@ -25,10 +25,15 @@ class Sizes:
     seconds: float = 5.0  # measuring window per phase
     warmup: float = 1.0
     procs: int = 3  # subscriber processes
+    op_clients: int = 16  # concurrent clients per Tether op (ops workload)
+    recover: int = 1000  # clients recovering after a server crash
+    missed: int = 20  # events published while they are away
 
 
-QUICK = Sizes(fanout=300, many=1000, idle=2000, latency_rate=6000, seconds=2.0, warmup=0.7, procs=2)
-SMOKE = Sizes(fanout=10, many=10, idle=20, latency_rate=200, seconds=0.3, warmup=0.2, procs=1)
+QUICK = Sizes(fanout=300, many=1000, idle=2000, latency_rate=6000, seconds=2.0, warmup=0.7, procs=2,
+              op_clients=16, recover=300, missed=20)
+SMOKE = Sizes(fanout=10, many=10, idle=20, latency_rate=200, seconds=0.3, warmup=0.2, procs=1,
+              op_clients=2, recover=5, missed=3)
 
 Status = Callable[[str], None]
 
@@ -36,16 +41,19 @@ Status = Callable[[str], None]
 class Load:
     """The subscriber processes of one workload, with their shared counters."""
 
-    def __init__(self, system: str, port: int, conns: list[tuple[str, list[str]]], procs: int) -> None:
+    def __init__(self, system: str, port: int | list[int], conns: list[tuple[str, list[str]]], procs: int) -> None:
+        """``port`` a list: connection ``j`` goes to ``port[j % len(port)]``, the publisher to ``port[0]``."""
         procs = max(1, min(procs, len(conns)))
-        self.system, self.port, self.n = system, port, len(conns)
+        ports = port if isinstance(port, list) else [port]
+        placed = [(user, chs, ports[j % len(ports)]) for j, (user, chs) in enumerate(conns)]
+        self.system, self.port, self.n = system, ports[0], len(conns)
         self.shared = SimpleNamespace(
             totals=ctx.Array("q", procs, lock=False), closed=ctx.Array("q", procs, lock=False),
             ready=ctx.Value("q", 0), phase=ctx.Value("i", workers.Phase.COUNT, lock=False),
             stop=ctx.Value("i", 0, lock=False), published=ctx.Value("q", 0, lock=False),
             results=ctx.Queue(),
         )
-        self.subs = [ctx.Process(target=workers.subscriber, args=(system, port, i, conns[i::procs], self.shared),
+        self.subs = [ctx.Process(target=workers.subscriber, args=(system, i, placed[i::procs], self.shared),
                                  daemon=True) for i in range(procs)]
         for p in self.subs:
             p.start()
@@ -109,18 +117,23 @@ def percentile(values: list[float], q: float) -> float | None:
     return round(values[min(len(values) - 1, int(q * len(values)))], 3)
 
 
-def saturate(load: Load, server: Server, plan: list[tuple[str, int]], budget: int, sizes: Sizes, status: Status) -> dict[str, Any]:
+def saturate(load: Load, server: Server | list[Server], plan: list[tuple[str, int]], budget: int, sizes: Sizes, status: Status) -> dict[str, Any]:
     """Deliveries/s with the publisher as fast as the system absorbs, plus where the CPU went."""
     load.publish(plan, 0, budget)
     status("saturating (warm-up)")
     time.sleep(sizes.warmup)
     pids = load.pids()
+    servers = server if isinstance(server, list) else [server]
+
+    def server_cpu() -> float:
+        return sum(cpu_seconds(s.pid) for s in servers)
+
     d0, t0 = load.delivered(), time.monotonic()
-    s0, c0 = cpu_seconds(server.pid), sum(cpu_seconds(p) for p in pids)
+    s0, c0 = server_cpu(), sum(cpu_seconds(p) for p in pids)
     status("saturating")
     time.sleep(sizes.seconds)
     d1, t1 = load.delivered(), time.monotonic()
-    s1, c1 = cpu_seconds(server.pid), sum(cpu_seconds(p) for p in pids)
+    s1, c1 = server_cpu(), sum(cpu_seconds(p) for p in pids)
     load.stop_publishing()
     wall = t1 - t0
     return {
@@ -133,9 +146,17 @@ def saturate(load: Load, server: Server, plan: list[tuple[str, int]], budget: in
 
 
 def fanout(system: str, sizes: Sizes, status: Status) -> dict[str, Any]:
-    n = sizes.fanout
     server = Server(system)
-    load = Load(system, server.port, [(f"s{i}", ["fan"]) for i in range(n)], sizes.procs)
+    try:
+        return fanout_on(system, [server], sizes, status)
+    finally:
+        server.stop()
+
+
+def fanout_on(system: str, servers: list[Server], sizes: Sizes, status: Status) -> dict[str, Any]:
+    """Workload 1 on running servers: subscribers spread evenly over them, the publisher on the first."""
+    n = sizes.fanout
+    load = Load(system, [s.port for s in servers], [(f"s{i}", ["fan"]) for i in range(n)], sizes.procs)
     try:
         load.wait_ready(status)
         plan = [("fan", n)]
@@ -156,12 +177,11 @@ def fanout(system: str, sizes: Sizes, status: Status) -> dict[str, Any]:
             "latency_samples": len(lat), "latency_samples_expected": expected,
         }
         time.sleep(0.3)
-        result.update(saturate(load, server, plan, 64 * n, sizes, status))
+        result.update(saturate(load, servers, plan, 64 * n, sizes, status))
         result["dropped_connections"] = load.dropped()
         return result
     finally:
         load.close()
-        server.stop()
 
 
 def many_channels(system: str, sizes: Sizes, status: Status) -> dict[str, Any]:
@@ -199,11 +219,43 @@ def idle(system: str, sizes: Sizes, status: Status) -> dict[str, Any]:
         server.stop()
 
 
+def cluster(system: str, sizes: Sizes, status: Status) -> dict[str, Any]:
+    """Workload 1 on PostgreSQL + Redis: one node, then two nodes sharing them (subscribers split)."""
+    import uuid
+
+    from bench.systems import drop_scaled, scaled_env
+
+    out: dict[str, Any] = {"subscribers": sizes.fanout}
+    for nodes in (1, 2):
+        tag = f"bench_{nodes}n_{uuid.uuid4().hex[:8]}"
+        env = scaled_env(tag)
+        servers: list[Server] = []
+        try:
+            for _ in range(nodes):
+                servers.append(Server(system, env=env))
+            out[f"nodes_{nodes}"] = fanout_on(system, servers, sizes, lambda t, n=nodes: status(f"{n} node(s): {t}"))
+        finally:
+            for s in servers:
+                s.stop()
+            drop_scaled(tag)
+    one, two = out["nodes_1"], out["nodes_2"]
+    out.update({k: two[k] for k in ("deliveries_per_s", "p50_ms", "p99_ms", "p999_ms", "deliveries_per_server_cpu_s",
+                                    "server_cpu_pct", "loadgen_cpu_pct")})
+    out["ratio_2_to_1"] = round(two["deliveries_per_s"] / one["deliveries_per_s"], 2) if one["deliveries_per_s"] else None
+    return out
+
+
+from bench import ops as _ops  # noqa: E402  (it imports this module's helpers lazily)
+
 WORKLOADS: dict[str, Callable[[str, Sizes, Status], dict[str, Any]]] = {
     "fanout": fanout,
     "many_channels": many_channels,
     "idle_connections": idle,
+    "ops": _ops.ops,
+    "recovery": _ops.recovery,
+    "cluster": cluster,
 }
+TETHER_ONLY = {"ops", "recovery", "cluster"}
 
 
 def machine() -> dict[str, Any]:

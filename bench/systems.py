@@ -16,11 +16,55 @@ ROOT = Path(__file__).resolve().parent.parent
 PEERS = ROOT / "bench" / "peers"
 NODE_PEER = PEERS / "socketio-node"
 
+API_KEY = "bench-api-key"
 SYSTEMS = ["tether", "websockets-broadcast", "python-socketio", "socket.io-node"]
 
 
 class Unavailable(Exception):
     """This system cannot run here (the message says why); the bench skips it."""
+
+
+REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379")
+POSTGRES_URL = os.environ.get("BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+def scaled_env(tag: str) -> dict[str, str]:
+    """Tether on PostgreSQL + Redis, in a schema and key prefix of its own (``tag``)."""
+    from urllib.parse import urlsplit
+
+    for url in (REDIS_URL, POSTGRES_URL):
+        u = urlsplit(url)
+        try:
+            socket.create_connection((u.hostname or "127.0.0.1", u.port or 0), timeout=1).close()
+        except OSError:
+            raise Unavailable(f"{url} is not reachable (set BENCH_REDIS_URL / BENCH_POSTGRES_URL)") from None
+    sep = "&" if "?" in POSTGRES_URL else "?"
+    return {"TETHER_REDIS_URL": REDIS_URL, "TETHER_REDIS_PREFIX": f"{tag}:",
+            "TETHER_DATABASE_URL": f"{POSTGRES_URL}{sep}schema={tag}"}
+
+
+def drop_scaled(tag: str) -> None:
+    """Remove the schema and Redis keys a :func:`scaled_env` run left."""
+    import asyncio
+
+    async def drop() -> None:
+        import asyncpg
+        import redis.asyncio
+
+        conn = await asyncpg.connect(POSTGRES_URL)
+        try:
+            await conn.execute(f'DROP SCHEMA IF EXISTS "{tag}" CASCADE')
+        finally:
+            await conn.close()
+        r = redis.asyncio.from_url(REDIS_URL)
+        try:
+            keys = [k async for k in r.scan_iter(f"{tag}:*", count=1000)]
+            for i in range(0, len(keys), 1000):
+                await r.delete(*keys[i:i + 1000])
+        finally:
+            await r.aclose()
+
+    asyncio.run(drop())
 
 
 def free_port() -> int:
@@ -52,24 +96,31 @@ def check(system: str) -> None:
 
 
 class Server:
-    def __init__(self, system: str) -> None:
+    """One server process; ``env`` adds variables (e.g. Tether's Redis/PostgreSQL URLs)."""
+
+    def __init__(self, system: str, env: dict[str, str] | None = None) -> None:
         self.system = system
         self.port = free_port()
         self.dir = Path(tempfile.mkdtemp(prefix=f"bench-{system}-"))
-        env = {**os.environ, "PYTHONPATH": str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")}
+        self.env = {**os.environ, "PYTHONPATH": str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""),
+                    **(env or {})}
+        self._spawn()
+
+    def _spawn(self) -> None:
+        system = self.system
         py = sys.executable
         p = str(self.port)
         cmd = {
             # Limits raised so the bench measures throughput, not the abuse guards.
             "tether": [py, "-m", "tether", "serve", "--port", p, "--data-dir", str(self.dir),
                        "--rate-per-connection", "1e9", "--rate-burst", "1000000000", "--rate-per-user", "1e9",
-                       "--log-level", "warning"],
+                       "--api-key", API_KEY, "--log-level", "warning"],
             "websockets-broadcast": [py, str(PEERS / "ws_broadcast.py"), p],
             "python-socketio": [py, str(PEERS / "socketio_py.py"), p],
             "socket.io-node": ["node", str(NODE_PEER / "server.js"), p],
         }[system]
-        self.log = open(self.dir / "server.log", "wb")
-        self.proc = subprocess.Popen(cmd, env=env, stdout=self.log, stderr=subprocess.STDOUT, cwd=ROOT)
+        self.log = open(self.dir / "server.log", "ab")
+        self.proc = subprocess.Popen(cmd, env=self.env, stdout=self.log, stderr=subprocess.STDOUT, cwd=ROOT)
         self.pid = self.proc.pid
         self._wait()
         self.profiler: subprocess.Popen[bytes] | None = None
@@ -98,6 +149,16 @@ class Server:
 
     def rss(self) -> int:
         return rss(self.pid)
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown hooks run (what a crash looks like)."""
+        self.proc.kill()
+        self.proc.wait()
+        self.log.close()
+
+    def restart(self) -> None:
+        """Start again on the same port and data directory, after :meth:`kill`."""
+        self._spawn()
 
     def stop(self) -> None:
         if self.profiler is not None:

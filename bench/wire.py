@@ -154,6 +154,7 @@ class Client(asyncio.Protocol):
         self.closed = False
         self.latencies: list[float] | None = None  # set to a list to record (ms)
         self.on_ack: Callable[[], None] | None = None
+        self.on_frame: Callable[[bytes], None] | None = None  # when set: gets every text frame, decoded by the caller
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -204,6 +205,9 @@ class Client(asyncio.Protocol):
                 break
             start = i + h
             i = start + ln
+            if self.on_frame is not None and op == 1:
+                self.on_frame(bytes(buf[start:i]))
+                continue
             t = buf.find(MARK, start, i)
             if t >= 0:  # a delivery: count it, and time it when asked
                 self.delivered += 1

@@ -31,18 +31,18 @@ def _loop() -> None:
         pass
 
 
-def subscriber(system: str, port: int, idx: int, conns: list[tuple[str, list[str]]], shared: Any) -> None:
-    """Open ``conns`` (user, channels to join), then count until told to exit."""
+def subscriber(system: str, idx: int, conns: list[tuple[str, list[str], int]], shared: Any) -> None:
+    """Open ``conns`` (user, channels to join, server port), then count until told to exit."""
     _loop()
-    asyncio.run(_subscriber(system, port, idx, conns, shared))
+    asyncio.run(_subscriber(system, idx, conns, shared))
 
 
-async def _subscriber(system: str, port: int, idx: int, conns: list[tuple[str, list[str]]], shared: Any) -> None:
+async def _subscriber(system: str, idx: int, conns: list[tuple[str, list[str], int]], shared: Any) -> None:
     dialect = DIALECTS[system]
     clients: list[Client] = []
     gate = asyncio.Semaphore(64)
 
-    async def open_one(user: str, channels: list[str]) -> None:
+    async def open_one(user: str, channels: list[str], port: int) -> None:
         async with gate:
             for attempt in range(20):
                 try:
@@ -63,7 +63,7 @@ async def _subscriber(system: str, port: int, idx: int, conns: list[tuple[str, l
             with shared.ready.get_lock():
                 shared.ready.value += 1
 
-    await asyncio.gather(*(open_one(u, chs) for u, chs in conns))
+    await asyncio.gather(*(open_one(u, chs, port) for u, chs, port in conns))
     recording = False
     while True:
         await asyncio.sleep(0.01)

@@ -20,7 +20,7 @@ def test_bench_smoke_writes_valid_json(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads(out.read_text())
-    assert set(results) == {"fanout", "many_channels", "idle_connections", "meta"}
+    assert set(results) == {"fanout", "many_channels", "idle_connections", "ops", "recovery", "cluster", "meta"}
     for system in ("tether", "websockets-broadcast"):
         fan = results["fanout"][system]
         assert "error" not in fan, fan
@@ -29,4 +29,16 @@ def test_bench_smoke_writes_valid_json(tmp_path: Path) -> None:
         assert results["many_channels"][system]["deliveries_per_s"] > 0
         assert results["idle_connections"][system]["connections"] == results["meta"]["sizes"]["idle"]
         assert isinstance(results["idle_connections"][system]["bytes_per_connection"], int)
+    # Tether-only workloads: no peer rows.
+    ops = results["ops"]["tether"]
+    assert "error" not in ops, ops
+    for transport in ("rest", "ws"):
+        for op in ("presence", "lock", "document", "chat"):
+            assert ops[f"{transport}_{op}"]["ops_per_s"] > 0
+    rec = results["recovery"]["tether"]
+    assert "error" not in rec, rec
+    assert rec["recovered_clients"] == rec["clients"] == results["meta"]["sizes"]["recover"]
+    assert set(results["ops"]) == set(results["recovery"]) == {"tether"}
+    cluster = results["cluster"]["tether"]  # an error only when PostgreSQL/Redis are not reachable
+    assert "error" in cluster or cluster["nodes_2"]["dropped_connections"] == 0
     assert results["meta"]["command"].startswith("python -m bench")
