@@ -74,16 +74,19 @@ class Connection:
         self.state: dict[str, Any] = {}  # per-feature scratch (presence keys, locks to release, …)
         self._pending: dict[str, list[tuple[int, str]]] = {}
         self._sent: dict[str, int] = {}  # channel -> last offset sent: the server never sends one twice
-        self._queue: deque[str] = deque()
-        self._wakeup = asyncio.Event()
+        self._queue: list[str] = []  # taken whole by the writer; a list is far smaller than a deque
+        self._wakeup: asyncio.Event | None = None  # created by next_batch, so a transport without a writer task pays nothing
         # Set by a transport that can write a frame synchronously (returns False when it
         # cannot right now). Used only while the writer is parked on an empty queue, so
         # order holds and fan-out makes no task switch per recipient.
         self.write_now: Callable[[str], bool] | None = None
+        # Set by a transport without a writer task (tether.server.native): called when frames
+        # were queued or the connection closed; it then calls take() when it can write.
+        self.wake: Callable[[], None] | None = None
         self._parked = False
         self._limit = node.settings.send_queue_frames
         self._bucket = TokenBucket(node.settings.rate_per_connection, node.settings.rate_burst)
-        self._errors: deque[float] = deque()
+        self._errors: deque[float] | None = None  # only after a refused frame
         self.close_code: int | None = None
         self.close_reason = ""
 
@@ -115,7 +118,13 @@ class Connection:
             self.node.metrics.messages_out.inc()
             return
         self._queue.append(text)
-        self._wakeup.set()
+        self._signal()
+
+    def _signal(self) -> None:
+        if self.wake is not None:
+            self.wake()
+        elif self._wakeup is not None:
+            self._wakeup.set()
 
     def deliver(self, channel: str, offset: int, text: str) -> None:
         pending = self._pending.get(channel)
@@ -129,11 +138,13 @@ class Connection:
         if self.close_code is None:
             self.close_code, self.close_reason = code, reason[:120]
             self._queue.clear()
-            self._wakeup.set()
+            self._signal()
             self.node.metrics.disconnects.labels(reason.split(":")[0]).inc()
 
     async def next_batch(self) -> list[str] | None:
         """What to write next; ``None`` once the connection is closing."""
+        if self._wakeup is None:
+            self._wakeup = asyncio.Event()
         while not self._queue and self.close_code is None:
             self._wakeup.clear()
             self._parked = True
@@ -143,9 +154,13 @@ class Connection:
                 self._parked = False
         if self.close_code is not None:
             return None
-        batch = list(self._queue)
-        self._queue.clear()
-        self.node.metrics.messages_out.inc(len(batch))
+        return self.take()
+
+    def take(self) -> list[str]:
+        """Everything queued, in order (the transport writes it now)."""
+        batch, self._queue = self._queue, []
+        if batch:
+            self.node.metrics.messages_out.inc(len(batch))
         return batch
 
     # -- incoming -----------------------------------------------------------
@@ -207,6 +222,8 @@ class Connection:
         self.node.metrics.errors.labels(exc.code).inc()
         self.send(protocol.error(request, exc))
         now = time.monotonic()
+        if self._errors is None:
+            self._errors = deque()
         self._errors.append(now)
         while self._errors and self._errors[0] < now - ABUSE_WINDOW:
             self._errors.popleft()

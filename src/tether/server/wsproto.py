@@ -15,38 +15,126 @@ callable taking a list of str. ``tether.server.ws`` falls back to plain
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import parse_qs
 
 from uvicorn.protocols.utils import ClientDisconnected
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.frames import Frame, Opcode
+from websockets.http11 import Request
+
+from tether.connection import CLOSE_UNAUTHORIZED, Connection
+from tether.errors import TetherError
+from tether.server.native import NativeSocket, frame
+
+NATIVE_PATH = "/ws"
 
 EXTENSION = "tether.send_frames"
 WRITE_NOW = "tether.write_now"  # sync (str) -> bool: wrote it now, or False (back-pressure, closing)
 
-_frames: dict[str, bytes] = {}  # event text -> its encoded server frame (a str's hash is cached, so lookups are cheap)
-_MAX_CACHED = 4096
-
-
-def frame(text: str) -> bytes:
-    """One unmasked, unfragmented, uncompressed text frame (RFC 6455 §5.2)."""
-    data = _frames.get(text)
-    if data is not None:
-        return data
-    payload = text.encode()
-    n = len(payload)
-    if n < 126:
-        head = bytes((0x81, n))
-    elif n < 65536:
-        head = b"\x81\x7e" + n.to_bytes(2, "big")
-    else:
-        head = b"\x81\x7f" + n.to_bytes(8, "big")
-    data = head + payload
-    if len(_frames) >= _MAX_CACHED:
-        _frames.clear()
-    _frames[text] = data
-    return data
+def find_node(app: Any) -> Any:
+    """The Tether node behind uvicorn's middleware wrappers (``app.state.node``), or None."""
+    for _ in range(10):
+        node = getattr(getattr(app, "state", None), "node", None)
+        if node is not None:
+            return node
+        app = getattr(app, "app", None)
+        if app is None:
+            return None
+    return None
 
 
 class TetherWebSocketProtocol(WebSocketsSansIOProtocol):
+    def handle_events(self) -> None:
+        # uvicorn's loop, except that a /ws handshake hands the socket (and any frames that
+        # came with it) to tether.server.native instead of starting the ASGI app.
+        events = self.conn.events_received()
+        for i, event in enumerate(events):
+            if isinstance(event, Request):
+                if self.serve_natively(event, events[i + 1:]):
+                    return
+                self.handle_connect(event)
+            elif isinstance(event, Frame):
+                op = event.opcode
+                if op == Opcode.CONT:
+                    self.handle_cont(event)
+                elif op == Opcode.TEXT:
+                    self.handle_text(event)
+                elif op == Opcode.BINARY:
+                    self.handle_bytes(event)
+                elif op == Opcode.PING:
+                    self.handle_ping()
+                elif op == Opcode.PONG:
+                    self.handle_pong(event)
+                elif op == Opcode.CLOSE:
+                    self.handle_close(event)
+
+    def serve_natively(self, request: Request, rest: list[Any]) -> bool:
+        path, _, query = request.path.partition("?")
+        if path != NATIVE_PATH or self.root_path or self.config.ws_per_message_deflate:
+            return False
+        node = find_node(self.app)
+        if node is None or not node.started:
+            return False
+        self.request = request
+        self.handshake_initiated = True
+        response = self.conn.accept(request)
+        if response.status_code != 101:
+            self.handshake_complete = self.close_sent = True
+            self.conn.send_response(response)
+            self.transport.write(b"".join(self.conn.data_to_send()))
+            self.transport.close()
+            return True
+        del response.headers["Date"]
+        response.headers.update([(n.decode("latin-1").lower(), v.decode("latin-1")) for n, v in self.default_headers])
+        self.conn.send_response(response)
+        self.handshake_complete = True
+        try:
+            token = parse_qs(query).get("token", [None])[-1] if query else None
+            identity = node.auth.headers(request.headers.get("authorization"), request.headers.get("x-api-key"), token)
+        except TetherError as exc:  # as the ASGI path: accept, then close with 4001 and the reason
+            self.conn.send_close(CLOSE_UNAUTHORIZED, f"unauthorized: {exc.message}"[:120])
+            self.transport.write(b"".join(self.conn.data_to_send()))
+            self.close_sent = True
+            self.close_timer = self.loop.call_later(self.close_timeout, self.transport.close)
+            return True  # uvicorn's protocol keeps the socket and finishes the closing handshake
+        self.transport.write(b"".join(self.conn.data_to_send()))
+        native = NativeSocket(self.transport, self.conn, Connection(node, identity),
+                              self.connections, self.tasks, self.loop)
+        self.connections.discard(self)
+        self.native = native
+        # uvicorn's HTTP protocol sets this object as the transport's protocol right after this
+        # call returns, so the handover waits a tick; until then events are forwarded.
+        self.loop.call_soon(self.transport.set_protocol, native)
+        native.start(rest)
+        return True
+
+    native: NativeSocket | None = None
+
+    def data_received(self, data: bytes) -> None:
+        if self.native is not None:
+            return self.native.data_received(data)
+        super().data_received(data)
+
+    def eof_received(self) -> None:
+        if self.native is not None:
+            return self.native.eof_received()
+        super().eof_received()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.native is not None:
+            return self.native.connection_lost(exc)
+        super().connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        if self.native is not None:
+            return self.native.pause_writing()
+        super().pause_writing()
+
+    def resume_writing(self) -> None:
+        if self.native is not None:
+            return self.native.resume_writing()
+        super().resume_writing()
+
     def handle_connect(self, event: Any) -> None:
         super().handle_connect(event)
         if not self.conn.extensions:  # raw frames are valid only without permessage-deflate

@@ -1,0 +1,256 @@
+"""``/ws`` served straight from the socket: no ASGI, no per-connection task.
+
+The ASGI path (``tether.server.ws``) costs two tasks per connection, an
+``asyncio.Queue``, Starlette/FastAPI frames held by the live coroutine, and an
+ASGI message per frame: about 25 KB of an idle connection's 40 KB
+(docs/benchmarks.md). Here, once uvicorn's protocol has read the handshake
+(``tether.server.wsproto``), the socket is handed to a :class:`NativeSocket`:
+one small object holding the transport, websockets' sans-I/O parser and the
+same sans-I/O :class:`~tether.connection.Connection` as the ASGI path.
+
+- In: each complete message goes to ``conn.handle()``. Requests are handled in
+  order, one at a time, by a task that exists only while there is work; reading
+  pauses while too many messages wait.
+- Out: ``conn.write_now`` writes a frame synchronously while nothing is queued
+  and the transport is not paused; otherwise frames wait in the connection's
+  bounded queue (a full queue closes a slow consumer, 4008) and one
+  ``call_soon`` flush writes them in one ``transport.write`` once writable.
+- Close: a closed ``Connection`` sends its close frame; ``node.close()`` runs
+  after the request in flight, so disconnect hooks see a settled connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from typing import Any
+
+from websockets.frames import Frame, Opcode
+from websockets.server import ServerProtocol
+
+from tether.connection import CLOSE_SHUTDOWN, CLOSE_TOO_LARGE, Connection
+from tether.node import Node
+
+log = logging.getLogger("tether.ws")
+
+CLOSE_TIMEOUT = 10.0  # seconds to wait for the peer's close frame, as uvicorn does
+PAUSE_READING = 64  # messages waiting to be handled before the socket stops being read
+
+
+_frames: dict[str, bytes] = {}  # event text -> its encoded server frame (a str's hash is cached, so lookups are cheap)
+_MAX_CACHED = 4096
+
+
+def frame(text: str) -> bytes:
+    """One unmasked, unfragmented, uncompressed text frame (RFC 6455 §5.2).
+
+    A fan-out event is the same str for every recipient, so it is framed once."""
+    data = _frames.get(text)
+    if data is not None:
+        return data
+    payload = text.encode()
+    n = len(payload)
+    if n < 126:
+        head = bytes((0x81, n))
+    elif n < 65536:
+        head = b"\x81\x7e" + n.to_bytes(2, "big")
+    else:
+        head = b"\x81\x7f" + n.to_bytes(8, "big")
+    data = head + payload
+    if len(_frames) >= _MAX_CACHED:
+        _frames.clear()
+    _frames[text] = data
+    return data
+
+
+class NativeSocket(asyncio.Protocol):
+    __slots__ = ("transport", "ws", "conn", "node", "_loop", "_server_conns", "_server_tasks", "_inbox",
+                 "_task", "_fragments", "_paused", "_reading_paused", "_scheduled", "_close_timer", "_ended",
+                 "_finished", "_hard_limit", "_text")
+
+    def __init__(self, transport: asyncio.Transport, ws: ServerProtocol, conn: Connection,
+                 server_conns: set[Any], server_tasks: set[Any], loop: asyncio.AbstractEventLoop) -> None:
+        self.transport = transport
+        self.ws = ws
+        self.conn = conn
+        self.node: Node = conn.node
+        self._loop = loop
+        self._server_conns = server_conns  # uvicorn calls shutdown() on these when it stops …
+        self._server_tasks = server_tasks  # … and waits for these before the lifespan ends
+        self._inbox: deque[str | bytes] | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._fragments: list[bytes] | None = None
+        self._text = True
+        self._paused = self._reading_paused = self._scheduled = self._ended = self._finished = False
+        self._close_timer: asyncio.TimerHandle | None = None
+        self._hard_limit = 4 * self.node.settings.max_frame_bytes
+        conn.write_now = self.write_now
+        conn.wake = self.wake
+        conn._parked = True  # no writer task: write_now is tried whenever nothing is queued
+        self._server_conns.add(self)
+
+    def start(self, events: list[Any]) -> None:
+        """The socket is ours: open the connection, then handle what came with the handshake."""
+        self._inbox = deque()
+        self._kick(opening=True)
+        self._events(events)
+        self._write_output()
+
+    # -- out ------------------------------------------------------------------
+
+    def write_now(self, text: str) -> bool:
+        if self._paused or self._close_timer is not None or self.transport.is_closing():
+            return False
+        self.transport.write(frame(text))
+        return True
+
+    def wake(self) -> None:
+        if not self._scheduled:
+            self._scheduled = True
+            self._loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._scheduled = False
+        conn = self.conn
+        if conn.close_code is not None:
+            self._send_close(conn.close_code, conn.close_reason)
+            self._end()
+            return
+        if self._paused or self.transport.is_closing():
+            return
+        batch = conn.take()
+        if batch:
+            self.transport.write(b"".join([frame(t) for t in batch]))
+
+    def pause_writing(self) -> None:
+        self._paused = True
+
+    def resume_writing(self) -> None:
+        self._paused = False
+        self._flush()
+
+    def _send_close(self, code: int, reason: str) -> None:
+        if self._close_timer is not None or self.transport.is_closing():
+            return
+        try:
+            self.ws.send_close(code, reason)
+        except Exception:  # the peer's close came first: websockets already answered it
+            return
+        self._write_output()
+        self._close_timer = self._loop.call_later(CLOSE_TIMEOUT, self.transport.close)
+
+    def _write_output(self) -> None:
+        for data in self.ws.data_to_send():
+            if data:
+                self.transport.write(data)
+            else:  # end of stream: the closing handshake is over (or failed)
+                self.transport.close()
+
+    # -- in -------------------------------------------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        self.ws.receive_data(data)
+        self._events(self.ws.events_received())
+        self._write_output()  # pongs, close replies, protocol errors (e.g. 1009 from the parser)
+
+    def eof_received(self) -> None:
+        self.ws.receive_eof()
+        return None  # let asyncio close the transport
+
+    def _events(self, events: list[Any]) -> None:
+        for event in events:
+            if not isinstance(event, Frame):
+                continue
+            op = event.opcode
+            if op is Opcode.TEXT or op is Opcode.BINARY or op is Opcode.CONT:
+                self._message(event)
+            # PING: websockets queued the PONG; PONG: nothing to do; CLOSE: websockets replied,
+            # and connection_lost follows.
+
+    def _message(self, event: Frame) -> None:
+        if event.opcode is not Opcode.CONT:
+            self._text = event.opcode is Opcode.TEXT
+            if not event.fin:
+                self._fragments = [event.data]
+                return
+            data = bytes(event.data)
+        else:  # websockets has checked the sequence and the total size
+            if self._fragments is None:
+                return
+            self._fragments.append(event.data)
+            if not event.fin:
+                return
+            data, self._fragments = b"".join(self._fragments), None
+        conn = self.conn
+        if conn.close_code is not None:
+            return
+        if len(data) > self._hard_limit:
+            conn.close(CLOSE_TOO_LARGE, f"frame of {len(data)} bytes is far over the "
+                                        f"{self.node.settings.max_frame_bytes}-byte limit")
+            return
+        raw: str | bytes = data
+        if self._text:
+            try:
+                raw = data.decode()
+            except UnicodeDecodeError:
+                self.ws.fail(1007, "invalid UTF-8")
+                return
+        assert self._inbox is not None
+        self._inbox.append(raw)
+        if len(self._inbox) >= PAUSE_READING and not self._reading_paused:
+            self._reading_paused = True
+            self.transport.pause_reading()
+        self._kick()
+
+    # -- the one task, only while there is work ---------------------------------
+
+    def _kick(self, opening: bool = False) -> None:
+        if self._task is None:
+            task = self._task = self._loop.create_task(self._run(opening))
+            self._server_tasks.add(task)
+            task.add_done_callback(self._server_tasks.discard)
+
+    async def _run(self, opening: bool) -> None:
+        conn, inbox = self.conn, self._inbox
+        assert inbox is not None
+        try:
+            if opening:
+                await self.node.open(conn)
+            while inbox and conn.close_code is None:
+                await conn.handle(inbox.popleft())
+                if self._reading_paused and len(inbox) < PAUSE_READING // 2 and not self.transport.is_closing():
+                    self._reading_paused = False
+                    self.transport.resume_reading()
+            if self._ended and not self._finished:
+                self._finished = True
+                inbox.clear()
+                await self.node.close(conn)
+        except Exception:
+            log.exception("connection %s failed", conn.id)
+            if conn.close_code is None:
+                conn.close(1011, "internal error")
+        finally:
+            self._task = None
+        if self._ended and not self._finished:  # ended while node.open or a request was in flight
+            self._kick()
+
+    def _end(self) -> None:
+        """The connection is over: run node.close() once, after the request in flight."""
+        if not self._ended:
+            self._ended = True
+            self._kick()
+
+    # -- the end ----------------------------------------------------------------
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._server_conns.discard(self)
+        if self._close_timer is not None:
+            self._close_timer.cancel()
+        if self.conn.close_code is None:
+            self.conn.close(1000, "closed")  # wakes _flush, which ends the connection
+        self._end()
+
+    def shutdown(self) -> None:
+        """uvicorn is stopping: say so, and let the peer close."""
+        self.conn.close(CLOSE_SHUTDOWN, "server shutting down")
