@@ -59,14 +59,18 @@ def main() -> None:
 @click.option("--channels-file", type=click.Path(path_type=Path, exists=True), envvar=_env("channels_file"),
               help="JSON list of namespace overrides (pattern, subscribe, publish, history_size, history_ttl).")
 @click.option("--log-level", default="info", show_default=True, envvar=_env("log_level"))
-def serve(**options: Any) -> None:
+@click.option("--ws-transport", type=click.Choice(["native", "asgi"]), default="native", show_default=True,
+              envvar=_env("ws_transport"),
+              help="native: /ws straight from the socket (lean, fast); asgi: /ws through the ASGI app, "
+                   "as under any other ASGI server.")
+def serve(ws_transport: str, **options: Any) -> None:
     """Run a Tether server (embedded SQLite + in-process broker unless URLs are set)."""
     import uvicorn
 
     from tether import logs
     from tether.config import Settings
     from tether.server.app import create_app
-    from tether.server.wsproto import TetherWebSocketProtocol
+    from tether.server.wsproto import AsgiWebSocketProtocol, TetherWebSocketProtocol
 
     settings = Settings.from_env(**options)
     settings.check()
@@ -78,7 +82,8 @@ def serve(**options: Any) -> None:
         port=settings.port,
         loop="auto",
         http="auto",
-        ws=TetherWebSocketProtocol,  # uvicorn's, plus batched frame writes (see server/wsproto.py)
+        # uvicorn's, plus batched frame writes and (native) /ws outside ASGI: see server/wsproto.py
+        ws=TetherWebSocketProtocol if ws_transport == "native" else AsgiWebSocketProtocol,
         ws_max_size=4 * settings.max_frame_bytes + 1024,
         ws_ping_interval=None,
         ws_per_message_deflate=False,

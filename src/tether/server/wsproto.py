@@ -155,3 +155,10 @@ class TetherWebSocketProtocol(WebSocketsSansIOProtocol):
         if self.close_sent or self.transport.is_closing():
             return
         self.transport.write(b"".join([frame(t) for t in texts]))
+
+
+class AsgiWebSocketProtocol(TetherWebSocketProtocol):
+    """Every WebSocket through the ASGI app (``tether serve --ws-transport asgi``)."""
+
+    def serve_natively(self, request: Request, rest: list[Any]) -> bool:
+        return False
