@@ -1,4 +1,9 @@
-"""uvicorn's WebSocket protocol plus one ASGI extension: write a batch of frames at once.
+"""uvicorn's WebSocket protocol: ``/ws`` served natively, batched writes for ASGI.
+
+For ``/ws`` (when the app is Tether's and its node has started), the handshake
+is completed here and the socket handed to ``tether.server.native`` (no ASGI).
+Any other path, or ``--ws-transport asgi``, goes through the ASGI app with the
+extensions below.
 
 Profiling fan-out (docs/benchmarks.md) showed most server time in the per-frame
 path: each ``websocket.send_text`` crosses Starlette's ASGI wrappers, builds
