@@ -155,9 +155,14 @@ class Node:
         }))
         own = f"users.{conn.user_id}"
         conn.channels.add(own)
-        await self.hub.add(conn, own)
-        for f in self.features:
-            await f.connected(conn)
+        try:
+            await self.hub.add(conn, own)
+            for f in self.features:
+                await f.connected(conn)
+        except BaseException:
+            # All or nothing: a transport whose open failed has no connection to clean up.
+            await self.close(conn)
+            raise
 
     async def close(self, conn: Connection) -> None:
         if self.connections.pop(conn.id, None) is None:
