@@ -3,6 +3,7 @@ an interleaving that once left state behind or ran a write twice."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,8 @@ from tether.channels import ChannelsFeature
 from tether.config import Settings
 from tether.connection import Connection
 from tether.feature import Feature
+from tether.idempotency import Idempotency
+from tether.storage.sqlite import SQLiteDatabase
 
 
 class FailingHook(Feature):
@@ -38,3 +41,53 @@ async def test_a_failed_open_leaves_no_connection_behind(tmp_path: Path) -> None
         await node.close(conn)  # a transport's own cleanup afterwards is harmless
     finally:
         await node.stop()
+
+
+async def test_idempotency_never_runs_one_key_twice_at_once(tmp_path: Path) -> None:
+    # A refused first run released the lock and dropped it from _inflight while a second
+    # caller was still queued on it; a third caller then got a fresh lock and ran the same
+    # write concurrently with the second.
+    db = await SQLiteDatabase.open(tmp_path / "i.db")
+    idem = Idempotency(db, ttl=60)
+    await idem.start()
+    running = 0
+    most = 0
+    gates = [asyncio.Event(), asyncio.Event()]
+    calls = 0
+
+    async def write() -> dict[str, int]:
+        nonlocal running, most, calls
+        n = calls
+        calls += 1
+        running += 1
+        most = max(most, running)
+        try:
+            if n < len(gates):
+                await gates[n].wait()
+            if n == 0:
+                raise ValueError("refused")
+            return {"n": n}
+        finally:
+            running -= 1
+
+    try:
+        first = asyncio.create_task(idem.run("u", "k", write))
+        await asyncio.sleep(0.05)
+        second = asyncio.create_task(idem.run("u", "k", write))
+        await asyncio.sleep(0.05)
+        gates[0].set()  # the first is refused; the second takes the lock
+        with pytest.raises(ValueError):
+            await first
+        for _ in range(20):
+            await asyncio.sleep(0.01)
+            if calls == 2:
+                break
+        third = asyncio.create_task(idem.run("u", "k", write))
+        await asyncio.sleep(0.05)
+        gates[1].set()
+        assert await second == {"n": 1}
+        assert await third == {"n": 1}  # the stored answer, not a second write
+        assert most == 1 and calls == 2
+        assert idem._inflight == {}
+    finally:
+        await db.close()

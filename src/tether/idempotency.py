@@ -29,7 +29,8 @@ class Idempotency:
     def __init__(self, db: Database, ttl: float) -> None:
         self.db = db
         self.ttl = ttl
-        self._inflight: dict[tuple[str, str], asyncio.Lock] = {}
+        # (scope, key) -> [lock, callers holding or awaiting it]; dropped when the last leaves
+        self._inflight: dict[tuple[str, str], list[Any]] = {}
         self._writes = 0
 
     async def start(self) -> None:
@@ -43,9 +44,12 @@ class Idempotency:
         if not isinstance(key, str) or not 1 <= len(key) <= 200:
             raise bad_request("'idempotency_key' must be a string of 1-200 characters")
         ident = (scope, key)
-        lock = self._inflight.setdefault(ident, asyncio.Lock())
+        entry = self._inflight.get(ident)
+        if entry is None:
+            entry = self._inflight[ident] = [asyncio.Lock(), 0]
+        entry[1] += 1
         try:
-            async with lock:
+            async with entry[0]:
                 row = await self.db.fetchone(
                     "SELECT result FROM idempotency WHERE scope = ? AND key = ? AND created_at > ?",
                     scope, key, time.time() - self.ttl,
@@ -63,5 +67,7 @@ class Idempotency:
                     await self.db.execute("DELETE FROM idempotency WHERE created_at < ?", time.time() - self.ttl)
                 return result
         finally:
-            if not lock.locked() and self._inflight.get(ident) is lock:
+            # Not "lock.locked()": a released lock reads unlocked before its next waiter wakes.
+            entry[1] -= 1
+            if entry[1] == 0:
                 del self._inflight[ident]
