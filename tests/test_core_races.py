@@ -91,3 +91,27 @@ async def test_idempotency_never_runs_one_key_twice_at_once(tmp_path: Path) -> N
         assert idem._inflight == {}
     finally:
         await db.close()
+
+
+async def test_a_lost_access_feed_resyncs_document_subscribers(tmp_path: Path) -> None:
+    # The documents feature listens on its access channel with a pseudo-connection that had
+    # no close(): a broker reporting that feed lost (Redis, after a gap; the channel keeps no
+    # history) crashed hub.lost, and revocations missed meanwhile were never applied.
+    from tether.connection import CLOSE_RESYNC
+    from tether.documents import ACCESS_CHANNEL, DocumentsFeature
+    from tether.node import Node
+
+    node = Node(Settings(data_dir=tmp_path, ping_interval=1000), features=[ChannelsFeature, DocumentsFeature])
+    await node.start()
+    try:
+        reader, other = Connection(node, Identity("bob")), Connection(node, Identity("carol"))
+        await node.open(reader)
+        await node.open(other)
+        doc = "collections.notes.documents.d1"
+        reader.channels.add(doc)
+        await node.hub.add(reader, doc)
+        node.hub.lost(ACCESS_CHANNEL)
+        assert reader.close_code == CLOSE_RESYNC  # resubscribing re-checks read access
+        assert other.close_code is None
+    finally:
+        await node.stop()

@@ -453,6 +453,15 @@ class _AccessWatch:
     def deliver(self, channel: str, offset: int, text: str) -> None:
         self.feature.revoke(loads(text)["data"])
 
+    def close(self, code: int, reason: str) -> None:
+        """The broker lost this feed (``Hub.lost``): revocations may have been missed, so every
+        local document subscriber resubscribes, and SUBSCRIBE checks read access again."""
+        for channel, subs in list(self.feature.node.hub.channels.items()):
+            parsed = parse_channel(channel)
+            if parsed is not None and parsed[1] == "documents":
+                for conn in list(subs):
+                    conn.close(code, f"resync: document access changes were missed; resubscribe to {channel}")
+
 
 class DocumentsFeature(Feature):
     name = "documents"
