@@ -115,3 +115,19 @@ async def test_a_lost_access_feed_resyncs_document_subscribers(tmp_path: Path) -
         assert other.close_code is None
     finally:
         await node.stop()
+
+
+def test_the_native_frame_cache_is_bounded_in_bytes() -> None:
+    # Every outgoing frame is cached by its text; recovery ACKs are large and unique, so a
+    # count bound alone let the cache pin 4096 of them (gigabytes).
+    from tether.server import native
+
+    big = [f'{{"type":"ACK","data":"{i:06d}{"x" * 200_000}"}}' for i in range(100)]
+    for text in big:
+        data = native.frame(text)
+        assert data.endswith(text.encode())
+    held = sum(len(v) for v in native._frames.values())
+    assert held <= 8 << 20
+    assert native.frame(big[-1]) is native._frames[big[-1]]  # the latest is still cached
+    native._frames.clear()
+    native._cached_bytes = 0

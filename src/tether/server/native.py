@@ -40,6 +40,10 @@ PAUSE_READING = 64  # messages waiting to be handled before the socket stops bei
 
 _frames: dict[str, bytes] = {}  # event text -> its encoded server frame (a str's hash is cached, so lookups are cheap)
 _MAX_CACHED = 4096
+# Bytes, too: every frame passes here, and recovery ACKs splice up to a history window of
+# events each, so 4096 of them could pin gigabytes.
+_MAX_CACHED_BYTES = 8 << 20
+_cached_bytes = 0
 
 
 def frame(text: str) -> bytes:
@@ -58,9 +62,12 @@ def frame(text: str) -> bytes:
     else:
         head = b"\x81\x7f" + n.to_bytes(8, "big")
     data = head + payload
-    if len(_frames) >= _MAX_CACHED:
+    global _cached_bytes
+    if len(_frames) >= _MAX_CACHED or _cached_bytes + len(data) > _MAX_CACHED_BYTES:
         _frames.clear()
+        _cached_bytes = 0
     _frames[text] = data
+    _cached_bytes += len(data)
     return data
 
 
