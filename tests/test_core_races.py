@@ -131,3 +131,39 @@ def test_the_native_frame_cache_is_bounded_in_bytes() -> None:
     assert native.frame(big[-1]) is native._frames[big[-1]]  # the latest is still cached
     native._frames.clear()
     native._cached_bytes = 0
+
+
+async def test_leaving_while_the_broker_join_is_in_flight_leaves_no_broker_subscription(tmp_path: Path) -> None:
+    # A SUBSCRIBE cancelled (or its subscriber revoked) while the node's first join of the
+    # channel was still on its way to Redis unsubscribed *before* the join landed; the join
+    # then left the node listening to the channel forever with nobody to deliver to.
+    from tests.services import need_redis, unique
+    from tether.node import Node
+
+    url = need_redis()
+    node = Node(Settings(data_dir=tmp_path, ping_interval=1000, redis_url=url, redis_prefix=unique("tr") + ":"),
+                features=[ChannelsFeature])
+    await node.start()
+    try:
+        conn = Connection(node, Identity("alice"))
+        await node.open(conn)
+        channel = "public." + unique()
+        task = asyncio.create_task(conn.subscribe(channel, None))
+        for _ in range(100):  # until the join is in flight
+            await asyncio.sleep(0)
+            if channel in node.hub._joining:
+                break
+        assert channel in node.hub._joining
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        for _ in range(100):
+            await asyncio.sleep(0.01)
+            if channel not in node.hub._joining:
+                break
+        await asyncio.sleep(0.05)
+        assert channel not in node.hub.channels
+        assert channel not in node.broker._channels  # type: ignore[attr-defined]
+        assert channel not in node.broker._last  # type: ignore[attr-defined]
+    finally:
+        await node.stop()

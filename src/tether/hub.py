@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import TYPE_CHECKING
 
 from tether.broker.base import Broker
@@ -18,6 +19,7 @@ class Hub:
         self.metrics = metrics
         self.channels: dict[str, dict["Connection", None]] = {}
         self._joining: dict[str, asyncio.Future[None]] = {}
+        self._leaving: set[asyncio.Task[None]] = set()
 
     async def add(self, conn: "Connection", channel: str) -> None:
         """Returns once this node receives the channel's events (a broker may need a round trip)."""
@@ -26,11 +28,10 @@ class Hub:
             subs = self.channels[channel] = {}
             subs[conn] = None
             joining = self._joining[channel] = asyncio.ensure_future(self.broker.subscribe(channel))
-            try:
-                await asyncio.shield(joining)  # a cancelled caller must not cancel it for the others
-            finally:
-                if self._joining.get(channel) is joining:
-                    del self._joining[channel]
+            # Forgotten when the join lands, not when this caller leaves: a cancelled caller's
+            # remove() must still see the join in flight and wait for it.
+            joining.add_done_callback(lambda f: self._joined(channel, f))
+            await asyncio.shield(joining)  # a cancelled caller must not cancel it for the others
         else:
             subs[conn] = None
             joining = self._joining.get(channel)
@@ -44,6 +45,22 @@ class Hub:
         del subs[conn]
         if not subs:
             del self.channels[channel]
+            await self._leave(channel)
+
+    def _joined(self, channel: str, joining: "asyncio.Future[None]") -> None:
+        if self._joining.get(channel) is joining:
+            del self._joining[channel]
+        if not joining.cancelled():
+            joining.exception()  # retrieved: each waiter got it already (or nobody waits any more)
+
+    async def _leave(self, channel: str) -> None:
+        """Tell the broker the last local subscriber left, after any join still on its way
+        (an unsubscribe that overtook it would leave the node subscribed for good)."""
+        joining = self._joining.get(channel)
+        if joining is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(joining)
+        if channel not in self.channels:
             await self.broker.unsubscribe(channel)
 
     def discard(self, conn: "Connection", channel: str) -> None:
@@ -54,11 +71,9 @@ class Hub:
         conn.drop(channel)
         if not subs:
             del self.channels[channel]
-            asyncio.get_running_loop().create_task(self._unsubscribe_if_empty(channel))
-
-    async def _unsubscribe_if_empty(self, channel: str) -> None:
-        if channel not in self.channels:
-            await self.broker.unsubscribe(channel)
+            task = asyncio.get_running_loop().create_task(self._leave(channel))
+            self._leaving.add(task)  # the loop keeps only a weak reference to a task
+            task.add_done_callback(self._leaving.discard)
 
     def lost(self, channel: str) -> None:
         """The broker cannot vouch for the channel's feed: make its subscribers reconnect
