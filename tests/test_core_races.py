@@ -167,3 +167,23 @@ async def test_leaving_while_the_broker_join_is_in_flight_leaves_no_broker_subsc
         assert channel not in node.broker._last  # type: ignore[attr-defined]
     finally:
         await node.stop()
+
+
+async def test_events_held_during_subscribe_are_bounded_like_the_send_queue(tmp_path: Path) -> None:
+    # Live events held back while SUBSCRIBE reads history (or a snapshot is sent) bypassed the
+    # send queue's bound: a hot channel during a slow read grew the held list without limit.
+    from tether.connection import CLOSE_SLOW
+    from tether.node import Node
+
+    node = Node(Settings(data_dir=tmp_path, ping_interval=1000, send_queue_frames=10), features=[ChannelsFeature])
+    await node.start()
+    try:
+        conn = Connection(node, Identity("alice"))
+        await node.open(conn)
+        assert conn.hold("public.hot")
+        for offset in range(1, 1001):
+            conn.deliver("public.hot", offset, f'{{"offset":{offset}}}')
+        assert conn.close_code == CLOSE_SLOW
+        assert len(conn._pending.get("public.hot", ())) <= 10
+    finally:
+        await node.stop()

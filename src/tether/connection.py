@@ -129,6 +129,9 @@ class Connection:
     def deliver(self, channel: str, offset: int, text: str) -> None:
         pending = self._pending.get(channel)
         if pending is not None:  # mid-SUBSCRIBE: hold until the ACK has gone out
+            if len(pending) >= self._limit:  # held frames count against the same bound as queued ones
+                self.close(CLOSE_SLOW, f"slow consumer: more than {self._limit} frames waiting to be sent")
+                return
             pending.append((offset, text))
         elif offset > self._sent.get(channel, 0):  # a broker filling a gap may hand an event over twice
             self._sent[channel] = offset
@@ -138,6 +141,7 @@ class Connection:
         if self.close_code is None:
             self.close_code, self.close_reason = code, reason[:120]
             self._queue.clear()
+            self._pending.clear()
             self._signal()
             self.node.metrics.disconnects.labels(reason.split(":")[0]).inc()
 
