@@ -187,3 +187,32 @@ async def test_events_held_during_subscribe_are_bounded_like_the_send_queue(tmp_
         assert len(conn._pending.get("public.hot", ())) <= 10
     finally:
         await node.stop()
+
+
+async def test_a_refused_resubscribe_keeps_the_subscription_it_had(tmp_path: Path) -> None:
+    # A SUBSCRIBE repeated on a channel the connection already had, refused by a hook (here an
+    # oversized presence state), dropped the existing subscription silently; on users.{me}
+    # the connection lost its own channel for good.
+    from tether.jsonutil import dumps, loads
+    from tether.node import Node
+    from tether.presence import MAX_STATE, PresenceFeature
+
+    node = Node(Settings(data_dir=tmp_path, ping_interval=1000), features=[ChannelsFeature, PresenceFeature])
+    await node.start()
+    try:
+        conn = Connection(node, Identity("alice"))
+        await node.open(conn)
+        await conn.handle(dumps({"type": "SUBSCRIBE", "id": "1", "data": {"channel": "public.room"}}))
+        huge = "x" * (MAX_STATE + 1)
+        for n, channel in enumerate(("public.room", "users.alice")):
+            await conn.handle(dumps({"type": "SUBSCRIBE", "id": f"r{n}",
+                                     "data": {"channel": channel, "presence": True, "state": huge}}))
+            assert channel in conn.channels and conn in node.hub.channels[channel]
+        conn.take()
+        await node.publish("public.room", "NOTE", {"n": 1})
+        await node.publish("users.alice", "NOTE", {"n": 2})
+        got = [loads(t) for t in conn.take()]
+        assert [(f["channel"], f["data"]) for f in got if f["type"] == "NOTE"] == \
+            [("public.room", {"n": 1}), ("users.alice", {"n": 2})]
+    finally:
+        await node.stop()

@@ -29,13 +29,13 @@ class ChannelsFeature(Feature):
         channel = protocol.check_channel(data.get("channel"))
         if not isinstance(data.get("presence", False), bool):
             raise bad_request("'presence' must be true or false")
+        fresh = channel not in conn.channels
         reply = await conn.subscribe(channel, data.get("since"))
         try:
             for f in self.node.features:
                 await f.subscribed(conn, channel, data)
         except BaseException:
-            conn.drop(channel)  # a refused subscriber gets none of the events held meanwhile
-            await self.node.hub.remove(conn, channel)
+            await conn.abandon(channel, fresh)  # a refused new subscriber gets none of the held events
             raise
         return reply
 

@@ -255,10 +255,7 @@ class Connection:
                 await node.hub.add(self, channel)
             stream = await node.broker.read(channel, after, history_ttl=ns.history_ttl)
         except BaseException:
-            self._pending.pop(channel, None)
-            if fresh:
-                self.channels.discard(channel)
-                await node.hub.remove(self, channel)
+            await self.abandon(channel, fresh)
             raise
         pos = stream.position
         recovered = False
@@ -273,6 +270,16 @@ class Connection:
                 last = max(last, stream.events[-1][0])
         data = protocol.subscribe_ack_data(channel, pos.offset, pos.epoch, recovered, publications)
         return Reply(data, channel, last)
+
+    async def abandon(self, channel: str, fresh: bool) -> None:
+        """Undo a SUBSCRIBE that failed after :meth:`subscribe` held the channel: a new
+        subscription goes, with its held events; one the connection already had stays,
+        and what was held meanwhile goes out (nothing of it was sent)."""
+        if fresh:
+            self.drop(channel)
+            await self.node.hub.remove(self, channel)
+        else:
+            self.release(channel, 0)
 
     def hold(self, channel: str) -> bool:
         """Hold back live events of ``channel`` until :meth:`release`; False if already held."""
