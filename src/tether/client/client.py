@@ -136,6 +136,7 @@ class Client:
         self._settled = asyncio.Event()  # the first connection attempt has an outcome
         self._state_changed = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        self._dispatcher: asyncio.Task[None] | None = None
         self._closing = False
 
     # -- state ------------------------------------------------------------------------
@@ -196,8 +197,8 @@ class Client:
         """Start keeping connected. Returns once the first attempt succeeded or failed:
         offline, the client still works (writes queue up) and keeps retrying."""
         if not self._tasks:
-            self._tasks = [asyncio.create_task(self._supervise()), asyncio.create_task(self._dispatch()),
-                           asyncio.create_task(self._flush())]
+            self._dispatcher = asyncio.create_task(self._dispatch())
+            self._tasks = [asyncio.create_task(self._supervise()), self._dispatcher, asyncio.create_task(self._flush())]
         if wait:
             await self._settled.wait()
             if self._state == "failed" and self.error is not None:
@@ -344,7 +345,10 @@ class Client:
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         await link.request("SUBSCRIBE", data, timeout=self.request_timeout,
                            on_ack=lambda ack: self._queue.put_nowait(("ack", sub.channel, ack, since, done)))
-        await done  # the replayed events have reached the app
+        if asyncio.current_task() is not self._dispatcher:
+            # Called from a handler (subscribe or refresh inside a handler), the dispatcher
+            # cannot reach the ACK until that handler returns: waiting would deadlock delivery.
+            await done  # the replayed events have reached the app
 
     @staticmethod
     async def _quietly(aw: Awaitable[Any]) -> None:
