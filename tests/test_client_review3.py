@@ -28,3 +28,19 @@ async def test_handler_may_subscribe_and_refresh(shared_server: ServerProcess) -
     await eventually(lambda: seen == [{"n": 1}])
     await other.close()
     await client.close()
+
+
+async def test_a_refused_resubscribe_does_not_keep_the_client_offline(shared_server: ServerProcess) -> None:
+    """A subscription the server refuses on (re)connect (made offline, or no longer allowed) is
+    dropped and reported; it must not drop every connection and keep the whole client offline."""
+    client = fast_client(shared_server, "rev3c:phone")
+    refused: list[tuple[str, str]] = []
+    client.on_subscribe_error(lambda channel, error: refused.append((channel, error.code)))
+    await client.subscribe("users.someone-else")  # offline: made on connect, where it is refused
+    await client.connect()
+    await client.wait_for("connected", timeout=15)
+    await eventually(lambda: refused == [("users.someone-else", "forbidden")])
+    write = await client.publish("public.rev3-after", {"ok": 1})
+    await asyncio.wait_for(write, 15)
+    assert client.state == "connected" and "users.someone-else" not in client._subs
+    await client.close()

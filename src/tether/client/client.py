@@ -125,6 +125,7 @@ class Client:
         self._state_listeners: list[Callable[[State], Any]] = []
         self._error_listeners: list[ErrorCallback] = []
         self._reload_listeners: list[Callable[[str], Any]] = []
+        self._subscribe_error_listeners: list[Callable[[str, ServerError], Any]] = []
         self._handlers: dict[str | None, list[Handler]] = {}
         self._subs: dict[str, Subscription] = {}
         self._writes: dict[int, asyncio.Future[Any]] = {}
@@ -191,6 +192,11 @@ class Client:
         """``callback(channel)`` when a channel could not be recovered and its state must be reloaded."""
         self._reload_listeners.append(callback)
 
+    def on_subscribe_error(self, callback: Callable[[str, ServerError], Any]) -> None:
+        """``callback(channel, error)`` when the server refuses to restore a subscription on
+        (re)connect (e.g. one made offline that is ``forbidden``); it is dropped."""
+        self._subscribe_error_listeners.append(callback)
+
     # -- life --------------------------------------------------------------------------
 
     async def connect(self, *, wait: bool = True) -> None:
@@ -249,7 +255,14 @@ class Client:
             self.user_id, self.device_id = link.hello.get("userId"), link.hello.get("deviceId")
             try:
                 for sub in list(self._subs.values()):
-                    await self._subscribe_on(link, sub)
+                    try:
+                        await self._subscribe_on(link, sub)
+                    except ServerError as exc:
+                        if exc.action != "reject":
+                            raise
+                        # Refused for good (made offline, or no longer allowed): drop that one
+                        # subscription and say so, rather than dropping every connection.
+                        await self._refused(sub, exc)
             except (Disconnected, ServerError) as exc:
                 log.info("resubscribe failed: %s", exc)
                 await link.close()
@@ -349,6 +362,17 @@ class Client:
             # Called from a handler (subscribe or refresh inside a handler), the dispatcher
             # cannot reach the ACK until that handler returns: waiting would deadlock delivery.
             await done  # the replayed events have reached the app
+
+    async def _refused(self, sub: Subscription, error: ServerError) -> None:
+        if self._subs.get(sub.channel) is sub:
+            del self._subs[sub.channel]
+        if not self._subscribe_error_listeners:
+            log.warning("subscription to %s refused: %s", sub.channel, error)
+        for cb in list(self._subscribe_error_listeners):
+            try:
+                await _call(cb, sub.channel, error)
+            except Exception:
+                log.exception("subscribe error callback failed")
 
     @staticmethod
     async def _quietly(aw: Awaitable[Any]) -> None:
