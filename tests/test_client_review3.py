@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 from typing import Any
 
 from tests.helpers import ServerProcess, WsClient, eventually, fast_client
@@ -44,3 +46,21 @@ async def test_a_refused_resubscribe_does_not_keep_the_client_offline(shared_ser
     await asyncio.wait_for(write, 15)
     assert client.state == "connected" and "users.someone-else" not in client._subs
     await client.close()
+
+
+async def test_dead_link_is_noticed_while_the_send_buffer_is_full(server_factory) -> None:
+    """A frozen server while the outbox is draining: the socket's send buffer fills and every
+    send blocks; the keepalive must still declare the link dead within two ping intervals."""
+    srv = server_factory("--ping-interval", "0.5")
+    client = fast_client(srv, "rev3d:phone")
+    await client.connect()
+    assert client.state == "connected" and srv.proc is not None
+    os.kill(srv.proc.pid, signal.SIGSTOP)
+    try:
+        blob = "x" * 512 * 1024
+        for i in range(64):  # ~32 MB: more than the loopback socket buffers hold
+            await client.publish("public.rev3-big", {"i": i, "blob": blob})
+        await client.wait_for("reconnecting", timeout=20)
+    finally:
+        os.kill(srv.proc.pid, signal.SIGCONT)
+    await asyncio.wait_for(client.close(), 15)
