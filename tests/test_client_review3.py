@@ -7,7 +7,11 @@ import os
 import signal
 from typing import Any
 
+import pytest
+
+from tether.client.errors import ClientError
 from tests.helpers import ServerProcess, WsClient, eventually, fast_client
+from tests.test_client_core import history
 
 
 async def test_handler_may_subscribe_and_refresh(shared_server: ServerProcess) -> None:
@@ -64,3 +68,24 @@ async def test_dead_link_is_noticed_while_the_send_buffer_is_full(server_factory
     finally:
         os.kill(srv.proc.pid, signal.SIGCONT)
     await asyncio.wait_for(client.close(), 15)
+
+
+async def test_close_wakes_whoever_awaits_a_queued_write(server_factory, tmp_path) -> None:
+    """close() with a write still queued: the write stays in the outbox for the next client on
+    the store, and a task awaiting it is told (it used to wait forever)."""
+    srv = server_factory()
+    srv.kill()  # offline
+    store = str(tmp_path / "c.db")
+    client = fast_client(srv, "rev3e:phone", store=store)
+    await client.connect()
+    write = await client.publish("public.rev3-closed", {"n": 1})
+    waiter = asyncio.ensure_future(asyncio.wait_for(asyncio.shield(write.future), 60))
+    await client.close()
+    with pytest.raises(ClientError):
+        await asyncio.wait_for(waiter, 10)
+    srv.start()
+    again = fast_client(srv, "rev3e:phone", store=store)
+    await again.connect()
+    await again.flush(timeout=15)
+    assert [e["data"] for e in await history(srv, "public.rev3-closed")] == [{"n": 1}]
+    await again.close()

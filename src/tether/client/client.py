@@ -219,6 +219,10 @@ class Client:
                 await task
         if self._link is not None:
             await self._link.close()
+        for fut in self._writes.values():  # still in the outbox: the next client on this store sends it
+            if not fut.done():
+                fut.set_exception(Disconnected("client closed before the server answered; the write stays queued"))
+        self._writes.clear()
         await self.http.aclose()
         self.db.close()
         self._set_state("disconnected")
