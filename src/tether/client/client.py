@@ -125,6 +125,7 @@ class Client:
         self._state_listeners: list[Callable[[State], Any]] = []
         self._error_listeners: list[ErrorCallback] = []
         self._reload_listeners: list[Callable[[str], Any]] = []
+        self._subscribe_error_listeners: list[Callable[[str, ServerError], Any]] = []
         self._handlers: dict[str | None, list[Handler]] = {}
         self._subs: dict[str, Subscription] = {}
         self._writes: dict[int, asyncio.Future[Any]] = {}
@@ -136,6 +137,7 @@ class Client:
         self._settled = asyncio.Event()  # the first connection attempt has an outcome
         self._state_changed = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        self._dispatcher: asyncio.Task[None] | None = None
         self._closing = False
 
     # -- state ------------------------------------------------------------------------
@@ -190,14 +192,19 @@ class Client:
         """``callback(channel)`` when a channel could not be recovered and its state must be reloaded."""
         self._reload_listeners.append(callback)
 
+    def on_subscribe_error(self, callback: Callable[[str, ServerError], Any]) -> None:
+        """``callback(channel, error)`` when the server refuses to restore a subscription on
+        (re)connect (e.g. one made offline that is ``forbidden``); it is dropped."""
+        self._subscribe_error_listeners.append(callback)
+
     # -- life --------------------------------------------------------------------------
 
     async def connect(self, *, wait: bool = True) -> None:
         """Start keeping connected. Returns once the first attempt succeeded or failed:
         offline, the client still works (writes queue up) and keeps retrying."""
         if not self._tasks:
-            self._tasks = [asyncio.create_task(self._supervise()), asyncio.create_task(self._dispatch()),
-                           asyncio.create_task(self._flush())]
+            self._dispatcher = asyncio.create_task(self._dispatch())
+            self._tasks = [asyncio.create_task(self._supervise()), self._dispatcher, asyncio.create_task(self._flush())]
         if wait:
             await self._settled.wait()
             if self._state == "failed" and self.error is not None:
@@ -212,6 +219,10 @@ class Client:
                 await task
         if self._link is not None:
             await self._link.close()
+        for fut in self._writes.values():  # still in the outbox: the next client on this store sends it
+            if not fut.done():
+                fut.set_exception(Disconnected("client closed before the server answered; the write stays queued"))
+        self._writes.clear()
         await self.http.aclose()
         self.db.close()
         self._set_state("disconnected")
@@ -248,7 +259,14 @@ class Client:
             self.user_id, self.device_id = link.hello.get("userId"), link.hello.get("deviceId")
             try:
                 for sub in list(self._subs.values()):
-                    await self._subscribe_on(link, sub)
+                    try:
+                        await self._subscribe_on(link, sub)
+                    except ServerError as exc:
+                        if exc.action != "reject":
+                            raise
+                        # Refused for good (made offline, or no longer allowed): drop that one
+                        # subscription and say so, rather than dropping every connection.
+                        await self._refused(sub, exc)
             except (Disconnected, ServerError) as exc:
                 log.info("resubscribe failed: %s", exc)
                 await link.close()
@@ -344,7 +362,21 @@ class Client:
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         await link.request("SUBSCRIBE", data, timeout=self.request_timeout,
                            on_ack=lambda ack: self._queue.put_nowait(("ack", sub.channel, ack, since, done)))
-        await done  # the replayed events have reached the app
+        if asyncio.current_task() is not self._dispatcher:
+            # Called from a handler (subscribe or refresh inside a handler), the dispatcher
+            # cannot reach the ACK until that handler returns: waiting would deadlock delivery.
+            await done  # the replayed events have reached the app
+
+    async def _refused(self, sub: Subscription, error: ServerError) -> None:
+        if self._subs.get(sub.channel) is sub:
+            del self._subs[sub.channel]
+        if not self._subscribe_error_listeners:
+            log.warning("subscription to %s refused: %s", sub.channel, error)
+        for cb in list(self._subscribe_error_listeners):
+            try:
+                await _call(cb, sub.channel, error)
+            except Exception:
+                log.exception("subscribe error callback failed")
 
     @staticmethod
     async def _quietly(aw: Awaitable[Any]) -> None:

@@ -189,4 +189,7 @@ class Link:
                 return
             if now - last_ping >= interval:
                 last_ping = now
-                await self.send("PING", {"timestamp": int(time.time() * 1000)})
+                # Bounded: on a dead link with a full send buffer every send blocks on drain
+                # forever, and so would this check if it waited for the PING to go out.
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self.send("PING", {"timestamp": int(time.time() * 1000)}), tick)
