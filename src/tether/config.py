@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 
@@ -36,7 +36,6 @@ class Settings:
     stream_timeout: float = 60.0  # a stream with no delta for this long is closed as abandoned
     channels_file: Path | None = None  # JSON list of namespace overrides
     log_level: str = "info"
-    extra: dict[str, object] = field(default_factory=dict)
 
     @classmethod
     def from_env(cls, **overrides: object) -> "Settings":
@@ -44,7 +43,7 @@ class Settings:
         values: dict[str, object] = {}
         for f in fields(cls):
             raw = os.environ.get("TETHER_" + f.name.upper())
-            if raw is not None and f.name != "extra":
+            if raw is not None:
                 values[f.name] = _convert(f.type, raw)
         values.update({k: v for k, v in overrides.items() if v is not None})
         s = cls(**values)  # type: ignore[arg-type]
