@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import itertools
 import os
@@ -13,7 +14,7 @@ import sys
 import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, AsyncIterator
 from urllib.parse import quote
 
 import httpx
@@ -252,4 +253,18 @@ def fast_client(srv: ServerProcess, token: str = "alice:phone", store: str = ":m
     from tether.client import Backoff, Client
 
     return Client(srv.url, token, store=store, backoff=Backoff(**FAST_BACKOFF), **kw)
+
+
+@contextlib.asynccontextmanager
+async def started_node(data_dir: Path, *features: Any, **settings: Any) -> AsyncIterator[Any]:
+    """A started in-process Node (sans-I/O tests: no server, no sockets), stopped afterwards."""
+    from tether.config import Settings
+    from tether.node import Node
+
+    node = Node(Settings(data_dir=data_dir, ping_interval=1000, **settings), features=list(features))
+    await node.start()
+    try:
+        yield node
+    finally:
+        await node.stop()
 

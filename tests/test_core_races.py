@@ -10,11 +10,11 @@ import pytest
 
 from tether.auth import Identity
 from tether.channels import ChannelsFeature
-from tether.config import Settings
 from tether.connection import Connection
 from tether.feature import Feature
 from tether.idempotency import Idempotency
 from tether.storage.sqlite import SQLiteDatabase
+from tests.helpers import started_node
 
 
 class FailingHook(Feature):
@@ -27,11 +27,8 @@ class FailingHook(Feature):
 async def test_a_failed_open_leaves_no_connection_behind(tmp_path: Path) -> None:
     # The ASGI transport calls node.open() outside its cleanup; a failing connect hook
     # used to leave the connection in node.connections, node.users and the hub forever.
-    from tether.node import Node
 
-    node = Node(Settings(data_dir=tmp_path, ping_interval=1000), features=[ChannelsFeature, FailingHook])
-    await node.start()
-    try:
+    async with started_node(tmp_path, ChannelsFeature, FailingHook) as node:
         conn = Connection(node, Identity("alice"))
         with pytest.raises(RuntimeError):
             await node.open(conn)
@@ -39,8 +36,6 @@ async def test_a_failed_open_leaves_no_connection_behind(tmp_path: Path) -> None
         assert node.users == {}
         assert "users.alice" not in node.hub.channels
         await node.close(conn)  # a transport's own cleanup afterwards is harmless
-    finally:
-        await node.stop()
 
 
 async def test_idempotency_never_runs_one_key_twice_at_once(tmp_path: Path) -> None:
@@ -99,11 +94,8 @@ async def test_a_lost_access_feed_resyncs_document_subscribers(tmp_path: Path) -
     # history) crashed hub.lost, and revocations missed meanwhile were never applied.
     from tether.connection import CLOSE_RESYNC
     from tether.documents import ACCESS_CHANNEL, DocumentsFeature
-    from tether.node import Node
 
-    node = Node(Settings(data_dir=tmp_path, ping_interval=1000), features=[ChannelsFeature, DocumentsFeature])
-    await node.start()
-    try:
+    async with started_node(tmp_path, ChannelsFeature, DocumentsFeature) as node:
         reader, other = Connection(node, Identity("bob")), Connection(node, Identity("carol"))
         await node.open(reader)
         await node.open(other)
@@ -113,8 +105,6 @@ async def test_a_lost_access_feed_resyncs_document_subscribers(tmp_path: Path) -
         node.hub.lost(ACCESS_CHANNEL)
         assert reader.close_code == CLOSE_RESYNC  # resubscribing re-checks read access
         assert other.close_code is None
-    finally:
-        await node.stop()
 
 
 def test_the_native_frame_cache_is_bounded_in_bytes() -> None:
@@ -138,13 +128,9 @@ async def test_leaving_while_the_broker_join_is_in_flight_leaves_no_broker_subsc
     # channel was still on its way to Redis unsubscribed *before* the join landed; the join
     # then left the node listening to the channel forever with nobody to deliver to.
     from tests.services import need_redis, unique
-    from tether.node import Node
 
     url = need_redis()
-    node = Node(Settings(data_dir=tmp_path, ping_interval=1000, redis_url=url, redis_prefix=unique("tr") + ":"),
-                features=[ChannelsFeature])
-    await node.start()
-    try:
+    async with started_node(tmp_path, ChannelsFeature, redis_url=url, redis_prefix=unique("tr") + ":") as node:
         conn = Connection(node, Identity("alice"))
         await node.open(conn)
         channel = "public." + unique()
@@ -165,19 +151,14 @@ async def test_leaving_while_the_broker_join_is_in_flight_leaves_no_broker_subsc
         assert channel not in node.hub.channels
         assert channel not in node.broker._channels  # type: ignore[attr-defined]
         assert channel not in node.broker._last  # type: ignore[attr-defined]
-    finally:
-        await node.stop()
 
 
 async def test_events_held_during_subscribe_are_bounded_like_the_send_queue(tmp_path: Path) -> None:
     # Live events held back while SUBSCRIBE reads history (or a snapshot is sent) bypassed the
     # send queue's bound: a hot channel during a slow read grew the held list without limit.
     from tether.connection import CLOSE_SLOW
-    from tether.node import Node
 
-    node = Node(Settings(data_dir=tmp_path, ping_interval=1000, send_queue_frames=10), features=[ChannelsFeature])
-    await node.start()
-    try:
+    async with started_node(tmp_path, ChannelsFeature, send_queue_frames=10) as node:
         conn = Connection(node, Identity("alice"))
         await node.open(conn)
         assert conn.hold("public.hot")
@@ -185,8 +166,6 @@ async def test_events_held_during_subscribe_are_bounded_like_the_send_queue(tmp_
             conn.deliver("public.hot", offset, f'{{"offset":{offset}}}')
         assert conn.close_code == CLOSE_SLOW
         assert len(conn._pending.get("public.hot", ())) <= 10
-    finally:
-        await node.stop()
 
 
 async def test_a_refused_resubscribe_keeps_the_subscription_it_had(tmp_path: Path) -> None:
@@ -194,12 +173,9 @@ async def test_a_refused_resubscribe_keeps_the_subscription_it_had(tmp_path: Pat
     # oversized presence state), dropped the existing subscription silently; on users.{me}
     # the connection lost its own channel for good.
     from tether.jsonutil import dumps, loads
-    from tether.node import Node
     from tether.presence import MAX_STATE, PresenceFeature
 
-    node = Node(Settings(data_dir=tmp_path, ping_interval=1000), features=[ChannelsFeature, PresenceFeature])
-    await node.start()
-    try:
+    async with started_node(tmp_path, ChannelsFeature, PresenceFeature) as node:
         conn = Connection(node, Identity("alice"))
         await node.open(conn)
         await conn.handle(dumps({"type": "SUBSCRIBE", "id": "1", "data": {"channel": "public.room"}}))
@@ -214,5 +190,3 @@ async def test_a_refused_resubscribe_keeps_the_subscription_it_had(tmp_path: Pat
         got = [loads(t) for t in conn.take()]
         assert [(f["channel"], f["data"]) for f in got if f["type"] == "NOTE"] == \
             [("public.room", {"n": 1}), ("users.alice", {"n": 2})]
-    finally:
-        await node.stop()

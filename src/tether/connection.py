@@ -112,13 +112,16 @@ class Connection:
         if self.close_code is not None:
             return
         if len(self._queue) >= self._limit:
-            self.close(CLOSE_SLOW, f"slow consumer: more than {self._limit} frames waiting to be sent")
+            self._overflow()
             return
         if self._parked and not self._queue and self.write_now is not None and self.write_now(text):
             self.node.metrics.messages_out.inc()
             return
         self._queue.append(text)
         self._signal()
+
+    def _overflow(self) -> None:
+        self.close(CLOSE_SLOW, f"slow consumer: more than {self._limit} frames waiting to be sent")
 
     def _signal(self) -> None:
         if self.wake is not None:
@@ -130,7 +133,7 @@ class Connection:
         pending = self._pending.get(channel)
         if pending is not None:  # mid-SUBSCRIBE: hold until the ACK has gone out
             if len(pending) >= self._limit:  # held frames count against the same bound as queued ones
-                self.close(CLOSE_SLOW, f"slow consumer: more than {self._limit} frames waiting to be sent")
+                self._overflow()
                 return
             pending.append((offset, text))
         elif offset > self._sent.get(channel, 0):  # a broker filling a gap may hand an event over twice
