@@ -202,6 +202,21 @@ class WsClient:
         await self.ws.send(dumps({"type": type, "data": data or {}, "id": rid}))
         return await asyncio.wait_for(fut, timeout)
 
+    async def burst(self, requests: list[tuple[str, dict[str, Any]]], timeout: float = 10
+                    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """Send requests back to back without waiting; their reply frames in request order,
+        and in the order they arrived."""
+        arrived: list[dict[str, Any]] = []
+        futures = []
+        for type, data in requests:
+            rid = f"r{next(self._ids)}"
+            fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+            fut.add_done_callback(lambda f: arrived.append(f.result()) if not f.exception() else None)
+            self._replies[rid] = fut
+            futures.append(fut)
+            await self.ws.send(dumps({"type": type, "data": data, "id": rid}))
+        return await asyncio.wait_for(asyncio.gather(*futures), timeout), arrived
+
     async def request(self, type: str, data: dict[str, Any] | None = None, timeout: float = 10) -> Any:
         reply = await self.frame(type, data, timeout)
         if reply["type"] == "ERROR":

@@ -9,6 +9,7 @@ for any transport.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import secrets
 import time
@@ -35,6 +36,25 @@ CLOSE_SHUTDOWN = 1001
 
 ABUSE_ERRORS = 20  # this many refused frames …
 ABUSE_WINDOW = 10.0  # … within this many seconds close the connection
+
+# Requests a connection may have in flight at once; all others are handled one at a time.
+PIPELINED = frozenset({"PUBLISH"})
+MAX_IN_FLIGHT = 64
+
+# In a pipelined request's task: the future its successor waits for. The request sets it
+# once it has handed its event to the broker (whose publish enqueues before suspending) or
+# has finished, so offsets follow the order the client sent its publishes in. Waiting
+# happens before the request takes anything (an idempotency lock), so no cycle can form.
+_turn: contextvars.ContextVar["asyncio.Future[None] | None"] = contextvars.ContextVar("tether_turn", default=None)
+
+
+def pass_turn() -> None:
+    """Called by Node.publish right before the broker: the next pipelined request may go."""
+    mine = _turn.get()
+    if mine is not None:
+        _turn.set(None)
+        if not mine.done():
+            mine.set_result(None)  # its waiter wakes on a later loop turn, after our enqueue
 
 
 class Reply:
@@ -76,14 +96,11 @@ class Connection:
         self._sent: dict[str, int] = {}  # channel -> last offset sent: the server never sends one twice
         self._queue: list[str] = []  # taken whole by the writer; a list is far smaller than a deque
         self._wakeup: asyncio.Event | None = None  # created by next_batch, so a transport without a writer task pays nothing
-        # Set by a transport that can write a frame synchronously (returns False when it
-        # cannot right now). Used only while the writer is parked on an empty queue, so
-        # order holds and fan-out makes no task switch per recipient.
-        self.write_now: Callable[[str], bool] | None = None
-        # Set by a transport without a writer task (tether.server.native): called when frames
-        # were queued or the connection closed; it then calls take() when it can write.
+        # Set by a transport without a writer task (tether.server.native): called when the
+        # queue stops being empty or the connection closed; it calls take() once it can write.
         self.wake: Callable[[], None] | None = None
-        self._parked = False
+        self._in_flight: set[asyncio.Task[None]] = set()  # pipelined requests (PIPELINED) not yet answered
+        self._turn: asyncio.Future[None] | None = None  # the latest pipelined request's turn to publish
         self._limit = node.settings.send_queue_frames
         self._bucket = TokenBucket(node.settings.rate_per_connection, node.settings.rate_burst)
         self._errors: deque[float] | None = None  # only after a refused frame
@@ -111,16 +128,18 @@ class Connection:
         """Queue a frame without waiting. A full queue closes a slow consumer."""
         if self.close_code is not None:
             return
-        if len(self._queue) >= self._limit:
+        queue = self._queue
+        if len(queue) >= self._limit:
             self._overflow()
             return
-        if self._parked and not self._queue and self.write_now is not None and self.write_now(text):
-            self.node.metrics.messages_out.inc()
-            return
-        self._queue.append(text)
-        self._signal()
+        # Never written here: what is queued in one turn of the event loop leaves in one
+        # write (a batch of 32 publishes reaches each subscriber in one syscall, not 32).
+        queue.append(text)
+        if len(queue) == 1:
+            self._signal()
 
     def _overflow(self) -> None:
+        self._queue.clear()  # it will never drain: what a slow consumer missed it recovers with since
         self.close(CLOSE_SLOW, f"slow consumer: more than {self._limit} frames waiting to be sent")
 
     def _signal(self) -> None:
@@ -143,25 +162,20 @@ class Connection:
     def close(self, code: int, reason: str) -> None:
         if self.close_code is None:
             self.close_code, self.close_reason = code, reason[:120]
-            self._queue.clear()
-            self._pending.clear()
+            self._pending.clear()  # what is queued still goes, before the close frame (ERRORs say why)
             self._signal()
             self.node.metrics.disconnects.labels(reason.split(":")[0]).inc()
 
     async def next_batch(self) -> list[str] | None:
-        """What to write next; ``None`` once the connection is closing."""
+        """What to write next; ``None`` once the connection is closing and all is written."""
         if self._wakeup is None:
             self._wakeup = asyncio.Event()
         while not self._queue and self.close_code is None:
             self._wakeup.clear()
-            self._parked = True
-            try:
-                await self._wakeup.wait()
-            finally:
-                self._parked = False
-        if self.close_code is not None:
-            return None
-        return self.take()
+            await self._wakeup.wait()
+        if self._queue:
+            return self.take()
+        return None
 
     def take(self) -> list[str]:
         """Everything queued, in order (the transport writes it now)."""
@@ -196,6 +210,43 @@ class Connection:
         if op is None:
             self._refuse(frame.id, TetherError("bad_request", f"unknown frame type {frame.type!r}"))
             return
+        if frame.type in PIPELINED:
+            await self._pipeline(frame, op)
+            return
+        await self.settle()  # everything else waits for the pipelined requests before it
+        await self._execute(frame, op)
+
+    async def _pipeline(self, frame: protocol.Frame, op: Any) -> None:
+        """Start a request without waiting for its answer, so a burst of publishes from one
+        client is committed and fanned out as one batch. It still publishes in arrival order:
+        each starts once its predecessor has published or finished (see :func:`pass_turn`)."""
+        in_flight = self._in_flight
+        if len(in_flight) >= MAX_IN_FLIGHT:
+            await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
+        loop = asyncio.get_running_loop()
+        prev, mine = self._turn, loop.create_future()
+        self._turn = mine
+
+        async def run() -> None:
+            if prev is not None and not prev.done():
+                await prev
+            _turn.set(mine)
+            try:
+                await self._execute(frame, op)
+            finally:
+                if not mine.done():  # it failed or answered before publishing: the next may go
+                    mine.set_result(None)
+
+        task = loop.create_task(run())
+        in_flight.add(task)
+        task.add_done_callback(in_flight.discard)
+
+    async def settle(self) -> None:
+        """Wait until every pipelined request has been answered."""
+        while self._in_flight:
+            await asyncio.wait(tuple(self._in_flight))
+
+    async def _execute(self, frame: protocol.Frame, op: Any) -> None:
         started = time.perf_counter()
         try:
             data = frame.data

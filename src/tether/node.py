@@ -15,7 +15,7 @@ from tether import protocol
 from tether.auth import Authenticator
 from tether.broker.base import Broker, Position
 from tether.config import Settings
-from tether.connection import CLOSE_SHUTDOWN, CLOSE_TIMEOUT, Connection, TokenBucket
+from tether.connection import CLOSE_SHUTDOWN, CLOSE_TIMEOUT, Connection, TokenBucket, pass_turn
 from tether.feature import Feature, Op
 from tether.hub import Hub
 from tether.idempotency import Idempotency
@@ -133,6 +133,7 @@ class Node:
         """
         ns = self.namespaces.find(channel)
         started = time.perf_counter()
+        pass_turn()  # the next pipelined request may publish now: offsets follow the order it was sent in
         position = await self.broker.publish(
             channel, type, data, history_size=ns.history_size, history_ttl=ns.history_ttl, exclude=exclude
         )
@@ -165,6 +166,7 @@ class Node:
             raise
 
     async def close(self, conn: Connection) -> None:
+        await conn.settle()  # its publishes still in flight land before it is forgotten
         if self.connections.pop(conn.id, None) is None:
             return
         self.metrics.connections.dec()

@@ -114,6 +114,17 @@ async def test_concurrent_publishes_get_gap_free_offsets_delivered_in_order(node
         assert channel == "c.race" and exclude is None
 
 
+async def test_offsets_follow_the_order_publishes_were_called_in(nodes: Factory) -> None:
+    """Pipelined requests rely on it: the offset order is the call order, not the completion order."""
+    node = await nodes()
+    calls = [asyncio.ensure_future(node.broker.publish("c.order", "PUBLICATION", {"i": i}, history_size=100,
+                                                       history_ttl=60)) for i in range(40)]
+    positions = await asyncio.gather(*calls)
+    assert [p.offset for p in positions] == list(range(1, 41))
+    stream = await node.broker.read("c.order", 0)
+    assert [loads(text)["data"]["i"] for _, text in stream.events] == list(range(40))
+
+
 async def test_delivered_text_is_the_protocol_event_and_history_holds_the_same(nodes: Factory) -> None:
     node = await nodes()
     await node.broker.subscribe("c.text")

@@ -60,7 +60,11 @@ class Broker(ABC):
         history_ttl: float,
         exclude: str | None = None,
     ) -> Position:
-        """Assign the next offset, store the event in the history window, fan it out."""
+        """Assign the next offset, store the event in the history window, fan it out.
+
+        Publishes are ordered by *call*, not by completion: the event is queued
+        before the first suspension, so concurrent publishes started in some order
+        get a channel's offsets in that order (pipelined requests rely on it)."""
 
     @abstractmethod
     async def read(self, channel: str, after: int | None, *, history_ttl: float | None = None, limit: int = 10_000) -> Stream:

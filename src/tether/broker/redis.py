@@ -112,6 +112,8 @@ class RedisBroker(Broker):
         self._reader: asyncio.Task[None] | None = None
         self._listening = False
         self._ready = asyncio.Event()
+        self._pending: list[tuple[list[str], list[Any], asyncio.Future[Any]]] = []
+        self._flusher: asyncio.Task[None] | None = None
 
     @classmethod
     async def open(cls, url: str, prefix: str = "tether:") -> "RedisBroker":
@@ -138,6 +140,8 @@ class RedisBroker(Broker):
             raise RuntimeError("cannot reach Redis: its pub/sub connection did not come up in 10 s") from None
 
     async def close(self) -> None:
+        if self._flusher is not None:  # publishes already accepted get their answer
+            await asyncio.gather(self._flusher, return_exceptions=True)
         self._deliver = None
         if self._reader is not None:
             self._reader.cancel()
@@ -161,14 +165,42 @@ class RedisBroker(Broker):
                       exclude: str | None = None) -> Position:
         head, tail = protocol.event_parts(channel, type, data)
         ttl_ms = max(1, int(history_ttl * 1000))
-        try:
-            top, epoch = await self._publish(keys=self._keys(channel), args=[
-                head, tail, history_size, ttl_ms, int(time.time() * 1000), secrets.token_hex(4),
-                self._topic(channel), exclude or "", max(META_TTL_MS, ttl_ms),
-            ])
-        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-            raise _unavailable(exc) from exc
+        args = [head, tail, history_size, ttl_ms, int(time.time() * 1000), secrets.token_hex(4),
+                self._topic(channel), exclude or "", max(META_TTL_MS, ttl_ms)]
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._pending.append((self._keys(channel), args, future))  # synchronously: call order is offset order
+        if self._flusher is None:
+            self._flusher = asyncio.create_task(self._flush())
+        top, epoch = await future
         return Position(int(top), _text(epoch))
+
+    async def _flush(self) -> None:
+        """Publishes that arrive while a round trip is in flight go in the next one, as one
+        pipeline on one connection: Redis runs its scripts in the order they were called."""
+        try:
+            while self._pending:
+                batch, self._pending = self._pending, []
+                results: list[Any]
+                try:
+                    async with self.redis.pipeline(transaction=False) as pipe:
+                        for keys, args, _ in batch:
+                            await self._publish(keys=keys, args=args, client=pipe)
+                        results = await pipe.execute(raise_on_error=False)
+                except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+                    results = [_unavailable(exc)] * len(batch)
+                except RedisError as exc:
+                    results = [exc] * len(batch)
+                for (_, _, future), result in zip(batch, results):
+                    if future.done():
+                        continue
+                    if isinstance(result, (RedisConnectionError, RedisTimeoutError, OSError)):
+                        future.set_exception(_unavailable(result))
+                    elif isinstance(result, BaseException):
+                        future.set_exception(result)
+                    else:
+                        future.set_result(result)
+        finally:
+            self._flusher = None
 
     async def read(self, channel: str, after: int | None, *, history_ttl: float | None = None,
                    limit: int = 10_000) -> Stream:

@@ -11,10 +11,10 @@ same sans-I/O :class:`~tether.connection.Connection` as the ASGI path.
 - In: each complete message goes to ``conn.handle()``. Requests are handled in
   order, one at a time, by a task that exists only while there is work; reading
   pauses while too many messages wait.
-- Out: ``conn.write_now`` writes a frame synchronously while nothing is queued
-  and the transport is not paused; otherwise frames wait in the connection's
-  bounded queue (a full queue closes a slow consumer, 4008) and one
-  ``call_soon`` flush writes them in one ``transport.write`` once writable.
+- Out: frames wait in the connection's bounded queue (a full queue closes a
+  slow consumer, 4008); the first one queued schedules a ``call_soon`` flush
+  that writes all of them in one ``transport.write`` once writable. A fan-out
+  of a batch of events is thus one write per subscriber, whatever the batch size.
 - Close: a closed ``Connection`` sends its close frame; ``node.close()`` runs
   after the request in flight, so disconnect hooks see a settled connection.
 """
@@ -92,9 +92,7 @@ class NativeSocket(asyncio.Protocol):
         self._paused = self._reading_paused = self._scheduled = self._ended = self._finished = False
         self._close_timer: asyncio.TimerHandle | None = None
         self._hard_limit = 4 * self.node.settings.max_frame_bytes
-        conn.write_now = self.write_now
         conn.wake = self.wake
-        conn._parked = True  # no writer task: write_now is tried whenever nothing is queued
         self._server_conns.add(self)
 
     def start(self, events: list[Any]) -> None:
@@ -106,12 +104,6 @@ class NativeSocket(asyncio.Protocol):
 
     # -- out ------------------------------------------------------------------
 
-    def write_now(self, text: str) -> bool:
-        if self._paused or self._close_timer is not None or self.transport.is_closing():
-            return False
-        self.transport.write(frame(text))
-        return True
-
     def wake(self) -> None:
         if not self._scheduled:
             self._scheduled = True
@@ -120,15 +112,13 @@ class NativeSocket(asyncio.Protocol):
     def _flush(self) -> None:
         self._scheduled = False
         conn = self.conn
+        if not self._paused and not self.transport.is_closing() and self._close_timer is None:
+            batch = conn.take()
+            if batch:
+                self.transport.write(b"".join([frame(t) for t in batch]))
         if conn.close_code is not None:
             self._send_close(conn.close_code, conn.close_reason)
             self._end()
-            return
-        if self._paused or self.transport.is_closing():
-            return
-        batch = conn.take()
-        if batch:
-            self.transport.write(b"".join([frame(t) for t in batch]))
 
     def pause_writing(self) -> None:
         self._paused = True

@@ -16,7 +16,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from tether.connection import CLOSE_TOO_LARGE, CLOSE_UNAUTHORIZED, Connection
 from tether.errors import TetherError
 from tether.node import Node
-from tether.server.wsproto import EXTENSION, WRITE_NOW
+from tether.server.wsproto import EXTENSION
 
 log = logging.getLogger("tether.ws")
 
@@ -34,7 +34,6 @@ async def serve(websocket: WebSocket) -> None:
         await websocket.close(CLOSE_UNAUTHORIZED, f"unauthorized: {exc.message}"[:120])
         return
     conn = Connection(node, identity)
-    conn.write_now = websocket.scope.get("extensions", {}).get(WRITE_NOW)  # see server/wsproto.py
     await node.open(conn)
     writer = asyncio.create_task(_write(websocket, conn))
     hard_limit = 4 * node.settings.max_frame_bytes

@@ -34,7 +34,6 @@ from tether.server.native import NativeSocket, frame
 NATIVE_PATH = "/ws"
 
 EXTENSION = "tether.send_frames"
-WRITE_NOW = "tether.write_now"  # sync (str) -> bool: wrote it now, or False (back-pressure, closing)
 
 def find_node(app: Any) -> Any:
     """The Tether node behind uvicorn's middleware wrappers (``app.state.node``), or None."""
@@ -144,14 +143,6 @@ class TetherWebSocketProtocol(WebSocketsSansIOProtocol):
         super().handle_connect(event)
         if not self.conn.extensions:  # raw frames are valid only without permessage-deflate
             self.scope["extensions"][EXTENSION] = self.send_frames  # type: ignore[index]
-            self.scope["extensions"][WRITE_NOW] = self.write_now  # type: ignore[index]
-
-    def write_now(self, text: str) -> bool:
-        if not self.writable.is_set() or self.disconnected or self.close_sent or not self.handshake_complete \
-                or self.transport.is_closing():
-            return False
-        self.transport.write(frame(text))
-        return True
 
     async def send_frames(self, texts: list[str]) -> None:
         await self.writable.wait()  # the same back-pressure as send()

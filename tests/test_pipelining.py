@@ -1,0 +1,55 @@
+"""A client may send publishes without waiting for each ACK: they are committed and fanned
+out in batches, yet keep the order they were sent in, and every later request sees them."""
+
+from __future__ import annotations
+
+from tests.helpers import WsClient
+
+
+def publishes(channel: str, n: int, **extra: object) -> list[tuple[str, dict]]:
+    return [("PUBLISH", {"channel": channel, "data": {"i": i}, **extra}) for i in range(n)]
+
+
+async def test_a_burst_of_publishes_keeps_its_order(shared_server) -> None:
+    pub = await WsClient.connect(shared_server, "burster")
+    sub = await WsClient.connect(shared_server, "watcher")
+    await sub.request("SUBSCRIBE", {"channel": "public.burst"})
+    replies, arrived = await pub.burst(publishes("public.burst", 60))
+    assert arrived == replies  # keyless publishes are answered in the order they were sent
+    assert [r["type"] for r in replies] == ["ACK"] * 60
+    first = replies[0]["data"]["offset"]
+    assert [r["data"]["offset"] for r in replies] == list(range(first, first + 60))
+    got = [await sub.next("PUBLICATION", channel="public.burst") for _ in range(60)]
+    assert [f["data"]["i"] for f in got] == list(range(60))
+    assert [f["offset"] for f in got] == list(range(first, first + 60))
+    await pub.close(); await sub.close()
+
+
+async def test_keyed_publishes_in_a_burst_keep_their_order_and_apply_once(shared_server) -> None:
+    """An idempotency key makes each publish await a lookup first: the order must hold anyway."""
+    pub = await WsClient.connect(shared_server, "keyed")
+    burst = [("PUBLISH", {"channel": "public.keyed", "data": {"i": i}, "idempotency_key": f"k{i}"}) for i in range(30)]
+    # a keyless publish between keyed ones must not overtake them
+    burst.insert(10, ("PUBLISH", {"channel": "public.keyed", "data": {"i": "plain"}}))
+    replies, _ = await pub.burst(burst)  # answered out of order: each stores its record after publishing
+    offsets = [r["data"]["offset"] for r in replies]
+    assert offsets == list(range(offsets[0], offsets[0] + 31))
+    again, _ = await pub.burst([b for b in burst if "idempotency_key" in b[1]])
+    assert [r["data"]["offset"] for r in again] == offsets[:10] + offsets[11:]  # the same answers, nothing new
+    late = await WsClient.connect(shared_server, "late")
+    ack = await late.request("SUBSCRIBE", {"channel": "public.keyed", "since": {"offset": 0, "epoch": replies[0]["data"]["epoch"]}})
+    assert ack["recovered"] and [p["data"]["i"] for p in ack["publications"]] == list(range(10)) + ["plain"] + list(range(10, 30))
+    await pub.close(); await late.close()
+
+
+async def test_a_request_after_a_burst_waits_for_it(shared_server) -> None:
+    """Only PUBLISH is pipelined: a SUBSCRIBE sent after a burst answers after all of it."""
+    c = await WsClient.connect(shared_server, "mixer")
+    epoch = (await c.request("PUBLISH", {"channel": "public.mixed", "data": {"i": -1}}))["epoch"]
+    burst = publishes("public.mixed", 40) + [("SUBSCRIBE", {"channel": "public.mixed", "since": {"offset": 1, "epoch": epoch}})]
+    replies, arrived = await c.burst(burst)
+    assert [r["type"] for r in replies] == ["ACK"] * 41
+    assert arrived[-1] is replies[-1]  # the SUBSCRIBE's answer came last …
+    assert [p["data"]["i"] for p in replies[-1]["data"]["publications"]] == list(range(40))  # … and holds the burst
+    await c.nothing("PUBLICATION", channel="public.mixed")  # nothing of it twice
+    await c.close()
