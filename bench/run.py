@@ -51,6 +51,7 @@ class Load:
             totals=ctx.Array("q", procs, lock=False), closed=ctx.Array("q", procs, lock=False),
             ready=ctx.Value("q", 0), phase=ctx.Value("i", workers.Phase.COUNT, lock=False),
             stop=ctx.Value("i", 0, lock=False), published=ctx.Value("q", 0, lock=False),
+            counting=ctx.Value("i", 0, lock=False),
             results=ctx.Queue(),
         )
         self.subs = [ctx.Process(target=workers.subscriber, args=(system, i, placed[i::procs], self.shared),
@@ -119,6 +120,7 @@ def percentile(values: list[float], q: float) -> float | None:
 
 def saturate(load: Load, server: Server | list[Server], plan: list[tuple[str, int]], budget: int, sizes: Sizes, status: Status) -> dict[str, Any]:
     """Deliveries/s with the publisher as fast as the system absorbs, plus where the CPU went."""
+    load.shared.counting.value = 1  # latency is done: from now on subscribers only count
     load.publish(plan, 0, budget)
     status("saturating (warm-up)")
     time.sleep(sizes.warmup)

@@ -2,12 +2,14 @@
 
 They talk to the orchestrator through shared memory only: ``totals[i]`` is
 the deliveries process ``i`` has counted so far, ``ready`` counts connections
-set up, ``phase`` says what to do (see ``Phase``).
+set up, ``phase`` says what to do (see ``Phase``), ``counting`` once set puts
+every subscriber in counting mode for good (``bench.wire.Client.count_only``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from array import array
 from typing import Any
@@ -64,9 +66,13 @@ async def _subscriber(system: str, idx: int, conns: list[tuple[str, list[str], i
                 shared.ready.value += 1
 
     await asyncio.gather(*(open_one(u, chs, port) for u, chs, port in conns))
-    recording = False
+    recording = counting = False
     while True:
         await asyncio.sleep(0.01)
+        if shared.counting.value and not counting:  # a throughput phase: count, walk no frames
+            counting = True
+            for c in clients:
+                c.count_only()
         shared.totals[idx] = sum(c.delivered for c in clients)
         shared.closed[idx] = sum(c.closed for c in clients)
         phase = shared.phase.value
@@ -105,6 +111,8 @@ async def _publisher(system: str, port: int, plan: list[tuple[str, int]], rate: 
     c = await connect(dialect, port, "publisher")
     while not c.ready and not c.closed:
         await asyncio.sleep(0.01)
+    acked = asyncio.Event()
+    c.on_ack = acked.set
     sent = expected = i = 0
     n = len(plan)
     totals = shared.totals
@@ -130,7 +138,14 @@ async def _publisher(system: str, port: int, plan: list[tuple[str, int]], rate: 
             burst += 1
             c.send(dialect.publish(ch, payload(), sent))
             i = (i + 1) % n
-        await asyncio.sleep(0 if burst else 0.0005)
+        if burst:
+            await asyncio.sleep(0)
+        elif sent - c.acks >= 64:  # wait for an ACK (a timer under 1 ms would spin: libuv timers count ms)
+            acked.clear()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(acked.wait(), 1)
+        else:  # over budget: the subscribers are catching up
+            await asyncio.sleep(0.002)
     shared.published.value = sent
     if c.transport is not None:
         c.transport.close()

@@ -42,3 +42,33 @@ def test_bench_smoke_writes_valid_json(tmp_path: Path) -> None:
     cluster = results["cluster"]["tether"]  # an error only when PostgreSQL/Redis are not reachable
     assert "error" in cluster or cluster["nodes_2"]["dropped_connections"] == 0
     assert results["meta"]["command"].startswith("python -m bench")
+
+
+async def test_counting_mode_counts_exactly_however_the_stream_is_cut() -> None:
+    """The load generator's counting mode: every delivery once, whatever the chunk boundaries,
+    and the keepalive ping answered."""
+    from bench.wire import DIALECTS, Client, payload
+
+    def server_frame(text: bytes) -> bytes:
+        n = len(text)
+        return (bytes((0x81, n)) if n < 126 else b"\x81\x7e" + n.to_bytes(2, "big")) + text
+
+    stream = b"".join(server_frame(b'{"type":"PUBLICATION","data":%s}' % payload()) for _ in range(50))
+    stream += server_frame(b'{"type":"PING","data":{}}') + server_frame(b'{"type":"ACK","id":"1"}')
+    stream += b"".join(server_frame(payload()) for _ in range(7))
+
+    class Sink:
+        def __init__(self) -> None:
+            self.out: list[bytes] = []
+
+        def write(self, data: bytes) -> None:
+            self.out.append(data)
+
+    for size in (1, 2, 3, 4, 5, 7, 64, 1000, len(stream)):
+        c = Client(DIALECTS["tether"], "/", 1)
+        c.transport = Sink()  # type: ignore[assignment]
+        c.count_only()
+        for i in range(0, len(stream), size):
+            c.data_received(stream[i:i + size])
+        assert c.delivered == 57, size
+        assert any(b'"PONG"' in w for w in c.transport.out), size  # type: ignore[attr-defined]

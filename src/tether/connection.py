@@ -97,9 +97,9 @@ class Connection:
         self._queue: list[str] = []  # taken whole by the writer; a list is far smaller than a deque
         self._wakeup: asyncio.Event | None = None  # created by next_batch, so a transport without a writer task pays nothing
         # Set by a transport without a writer task (tether.server.native): called when the
-        # queue stops being empty or the connection closed; it calls take() once it can write.
+        # queue stops being empty or the connection closed; it calls drain() once it can write.
         self.wake: Callable[[], None] | None = None
-        self._in_flight: set[asyncio.Task[None]] = set()  # pipelined requests (PIPELINED) not yet answered
+        self._in_flight: set[asyncio.Task[None]] | None = None  # pipelined requests not yet answered (made on first use)
         self._turn: asyncio.Future[None] | None = None  # the latest pipelined request's turn to publish
         self._limit = node.settings.send_queue_frames
         self._bucket = TokenBucket(node.settings.rate_per_connection, node.settings.rate_burst)
@@ -184,6 +184,15 @@ class Connection:
             self.node.metrics.messages_out.inc(len(batch))
         return batch
 
+    def drain(self, write: Callable[[list[str]], None]) -> None:
+        """Hand everything queued to ``write``, which must write it before returning. The
+        queue is reused, not replaced: fan-out leaves no garbage per recipient to collect."""
+        queue = self._queue
+        if queue:
+            write(queue)
+            self.node.metrics.messages_out.inc(len(queue))
+            queue.clear()
+
     # -- incoming -----------------------------------------------------------
 
     async def handle(self, raw: str | bytes) -> None:
@@ -221,7 +230,9 @@ class Connection:
         client is committed and fanned out as one batch. It still publishes in arrival order:
         each starts once its predecessor has published or finished (see :func:`pass_turn`)."""
         in_flight = self._in_flight
-        if len(in_flight) >= MAX_IN_FLIGHT:
+        if in_flight is None:
+            in_flight = self._in_flight = set()
+        elif len(in_flight) >= MAX_IN_FLIGHT:
             await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
         loop = asyncio.get_running_loop()
         prev, mine = self._turn, loop.create_future()
@@ -243,7 +254,7 @@ class Connection:
 
     async def settle(self) -> None:
         """Wait until every pipelined request has been answered."""
-        while self._in_flight:
+        while self._in_flight:  # None or empty: nothing in flight
             await asyncio.wait(tuple(self._in_flight))
 
     async def _execute(self, frame: protocol.Frame, op: Any) -> None:

@@ -12,9 +12,12 @@ same sans-I/O :class:`~tether.connection.Connection` as the ASGI path.
   order, one at a time, by a task that exists only while there is work; reading
   pauses while too many messages wait.
 - Out: frames wait in the connection's bounded queue (a full queue closes a
-  slow consumer, 4008); the first one queued schedules a ``call_soon`` flush
-  that writes all of them in one ``transport.write`` once writable. A fan-out
-  of a batch of events is thus one write per subscriber, whatever the batch size.
+  slow consumer, 4008); the first one queued puts the socket on its loop's
+  flush list, and one ``call_soon`` per loop turn writes every listed socket's
+  frames in one ``transport.write`` each. A fan-out of a batch of events is
+  thus one write per subscriber whatever the batch size, and allocates nothing
+  per subscriber (a ``Handle`` each would keep the garbage collector busy
+  enough to stall delivery by tens of milliseconds: docs/benchmarks.md).
 - Close: a closed ``Connection`` sends its close frame; ``node.close()`` runs
   after the request in flight, so disconnect hooks see a settled connection.
 """
@@ -22,7 +25,9 @@ same sans-I/O :class:`~tether.connection.Connection` as the ASGI path.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+import weakref
 from collections import deque
 from typing import Any
 
@@ -71,10 +76,46 @@ def frame(text: str) -> bytes:
     return data
 
 
+class _Flusher:
+    """The sockets with frames to write, flushed together once per loop turn."""
+
+    __slots__ = ("loop", "dirty", "scheduled")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.dirty: list[NativeSocket] = []
+        self.scheduled = False
+
+    def add(self, sock: "NativeSocket") -> None:
+        self.dirty.append(sock)
+        if not self.scheduled:
+            self.scheduled = True
+            self.loop.call_soon(self.run)
+
+    def run(self) -> None:
+        self.scheduled = False
+        dirty, self.dirty = self.dirty, []
+        for sock in dirty:
+            try:
+                sock._flush()
+            except Exception:  # one broken socket must not keep the others' frames back
+                log.exception("flushing connection %s failed", sock.conn.id)
+
+
+_flushers: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Flusher]" = weakref.WeakKeyDictionary()
+
+
+def _write_texts(transport: asyncio.Transport, texts: list[str]) -> None:
+    if len(texts) == 1:
+        transport.write(frame(texts[0]))
+    else:
+        transport.write(b"".join(map(frame, texts)))
+
+
 class NativeSocket(asyncio.Protocol):
     __slots__ = ("transport", "ws", "conn", "node", "_loop", "_server_conns", "_server_tasks", "_inbox",
                  "_task", "_fragments", "_paused", "_reading_paused", "_scheduled", "_close_timer", "_ended",
-                 "_finished", "_hard_limit", "_text")
+                 "_finished", "_hard_limit", "_text", "_flusher", "_write")
 
     def __init__(self, transport: asyncio.Transport, ws: ServerProtocol, conn: Connection,
                  server_conns: set[Any], server_tasks: set[Any], loop: asyncio.AbstractEventLoop) -> None:
@@ -92,6 +133,11 @@ class NativeSocket(asyncio.Protocol):
         self._paused = self._reading_paused = self._scheduled = self._ended = self._finished = False
         self._close_timer: asyncio.TimerHandle | None = None
         self._hard_limit = 4 * self.node.settings.max_frame_bytes
+        flusher = _flushers.get(loop)
+        if flusher is None:
+            flusher = _flushers[loop] = _Flusher(loop)
+        self._flusher = flusher
+        self._write = functools.partial(_write_texts, transport)
         conn.wake = self.wake
         self._server_conns.add(self)
 
@@ -107,15 +153,13 @@ class NativeSocket(asyncio.Protocol):
     def wake(self) -> None:
         if not self._scheduled:
             self._scheduled = True
-            self._loop.call_soon(self._flush)
+            self._flusher.add(self)
 
     def _flush(self) -> None:
         self._scheduled = False
         conn = self.conn
         if not self._paused and not self.transport.is_closing() and self._close_timer is None:
-            batch = conn.take()
-            if batch:
-                self.transport.write(b"".join([frame(t) for t in batch]))
+            conn.drain(self._write)
         if conn.close_code is not None:
             self._send_close(conn.close_code, conn.close_reason)
             self._end()
