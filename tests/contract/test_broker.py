@@ -12,7 +12,8 @@ import pytest
 from tether import protocol
 from tether.broker.base import Broker
 from tether.jsonutil import loads
-from tests.services import need_redis, unique
+from tests.contract.conftest import drop_schema
+from tests.services import need_postgres, need_redis, unique, with_query
 
 Delivered = list[tuple[str, int, str, "str | None"]]
 
@@ -40,20 +41,24 @@ class Node:
 Factory = Callable[[], Awaitable[Node]]
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", "memory-postgresql", "redis"])
 async def nodes(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Factory]:
     """Opens brokers on one shared backing store: a restart, or another node (Redis only)."""
     opened: list[Node] = []
     dbs = []
     prefix = unique("contract:") + ":"
+    schema = unique("broker_")
     url = need_redis() if request.param == "redis" else ""
+    pg = need_postgres() if request.param == "memory-postgresql" else ""
 
     async def make() -> Node:
-        if request.param == "memory":
+        if request.param.startswith("memory"):
             from tether.broker.memory import MemoryBroker
+            from tether.storage.postgres import PostgresDatabase
             from tether.storage.sqlite import SQLiteDatabase
 
-            db = await SQLiteDatabase.open(tmp_path / "broker.sqlite3")
+            db = (await PostgresDatabase.open(with_query(pg, schema=schema)) if pg
+                  else await SQLiteDatabase.open(tmp_path / "broker.sqlite3"))
             dbs.append(db)
             broker: Broker = MemoryBroker(db)
         else:
@@ -70,6 +75,8 @@ async def nodes(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
         await node.broker.close()
     for db in dbs:
         await db.close()
+    if pg:
+        await drop_schema(pg, schema)
     if request.param == "redis":
         import redis.asyncio
 

@@ -52,8 +52,9 @@ class ChannelLog:
     async def append_many(self, items: list[tuple[str, str, Any, int, float]]) -> list[tuple[Position, str]]:
         """Append events in one transaction (group commit), offsets in list order per channel.
 
-        One UPSERT per channel reserves all of its offsets, one multi-row INSERT
-        per chunk stores the frames, one DELETE per channel trims the window.
+        One multi-row UPSERT per chunk of channels reserves all of their offsets,
+        one multi-row INSERT per chunk stores the frames, one DELETE per channel
+        trims the window.
         """
         now = time.time()
         counts: dict[str, int] = {}
@@ -62,15 +63,20 @@ class ChannelLog:
         out: list[tuple[Position, str]] = []
         async with self.db.transaction() as tx:
             next_offset: dict[str, tuple[int, str]] = {}
-            for channel, k in counts.items():
-                row = await tx.fetchone(
-                    """INSERT INTO channel_positions (channel, top_offset, epoch) VALUES (?, ?, ?)
-                       ON CONFLICT (channel) DO UPDATE SET top_offset = channel_positions.top_offset + ?
-                       RETURNING top_offset, epoch""",
-                    channel, k, secrets.token_hex(4), k,
-                )
-                assert row is not None
-                next_offset[channel] = (int(row["top_offset"]) - k + 1, str(row["epoch"]))
+            # Sorted: concurrent transactions (other nodes on PostgreSQL) lock rows in one order.
+            channels = sorted(counts)
+            for i in range(0, len(channels), _ROWS_PER_INSERT):
+                chunk = channels[i : i + _ROWS_PER_INSERT]
+                for row in await tx.fetchall(
+                    "INSERT INTO channel_positions (channel, top_offset, epoch) VALUES "
+                    + ",".join(["(?, ?, ?)"] * len(chunk))
+                    + """ ON CONFLICT (channel) DO UPDATE
+                          SET top_offset = channel_positions.top_offset + excluded.top_offset
+                          RETURNING channel, top_offset, epoch""",
+                    *(v for c in chunk for v in (c, counts[c], secrets.token_hex(4))),
+                ):
+                    k = counts[row["channel"]]
+                    next_offset[row["channel"]] = (int(row["top_offset"]) - k + 1, str(row["epoch"]))
             rows: list[Any] = []
             trims: dict[str, tuple[int, int, float]] = {}  # channel -> (last offset, size, ttl)
             for channel, type, data, size, ttl in items:
