@@ -11,7 +11,7 @@ from types import SimpleNamespace
 from typing import Any, Callable
 
 from bench import workers
-from bench.systems import Server, cpu_seconds
+from bench.systems import Server, cpu_seconds, machine_busy
 
 ctx = mp.get_context("fork")  # workers inherit the shared counters; nothing to pickle
 
@@ -131,11 +131,11 @@ def saturate(load: Load, server: Server | list[Server], plan: list[tuple[str, in
         return sum(cpu_seconds(s.pid) for s in servers)
 
     d0, t0 = load.delivered(), time.monotonic()
-    s0, c0 = server_cpu(), sum(cpu_seconds(p) for p in pids)
+    s0, c0, m0 = server_cpu(), sum(cpu_seconds(p) for p in pids), machine_busy()
     status("saturating")
     time.sleep(sizes.seconds)
     d1, t1 = load.delivered(), time.monotonic()
-    s1, c1 = server_cpu(), sum(cpu_seconds(p) for p in pids)
+    s1, c1, m1 = server_cpu(), sum(cpu_seconds(p) for p in pids), machine_busy()
     load.stop_publishing()
     wall = t1 - t0
     return {
@@ -144,6 +144,8 @@ def saturate(load: Load, server: Server | list[Server], plan: list[tuple[str, in
         "deliveries_per_server_cpu_s": round((d1 - d0) / (s1 - s0)) if s1 > s0 else None,
         "server_cpu_pct": round(100 * (s1 - s0) / wall),
         "loadgen_cpu_pct": round(100 * (c1 - c0) / wall),
+        # Share of all the machine's cores busy (100 = none left for a faster run).
+        "machine_busy_pct": round(100 * (m1[0] - m0[0]) / (m1[1] - m0[1])) if m1[1] > m0[1] else None,
     }
 
 
@@ -244,6 +246,12 @@ def cluster(system: str, sizes: Sizes, status: Status) -> dict[str, Any]:
     out.update({k: two[k] for k in ("deliveries_per_s", "p50_ms", "p99_ms", "p999_ms", "deliveries_per_server_cpu_s",
                                     "server_cpu_pct", "loadgen_cpu_pct")})
     out["ratio_2_to_1"] = round(two["deliveries_per_s"] / one["deliveries_per_s"], 2) if one["deliveries_per_s"] else None
+    # What a second node adds where each node has cores of its own: deliveries per server CPU-second.
+    if one.get("deliveries_per_server_cpu_s") and two.get("deliveries_per_server_cpu_s"):
+        out["ratio_2_to_1_per_server_cpu"] = round(two["deliveries_per_server_cpu_s"] / one["deliveries_per_server_cpu_s"], 2)
+    # The most any second node could add here: the cores the one-node run left idle.
+    if one.get("machine_busy_pct"):
+        out["ratio_2_to_1_ceiling"] = round(100 / one["machine_busy_pct"], 2)
     return out
 
 
