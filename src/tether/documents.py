@@ -34,6 +34,7 @@ from tether.auth import Identity
 from tether.connection import Connection
 from tether.errors import TetherError, forbidden
 from tether.feature import Feature, Op
+from tether.idempotency import answer
 from tether.jsonutil import dumps, loads
 from tether.namespaces import Namespace
 from tether.server.http import Caller, NodeDep
@@ -320,6 +321,7 @@ class Documents:
                "updated_at": now, "created_by": who.user_id, "updated_by": who.user_id,
                "owner": g.owner, "access": g.access, "members": list(g.members)}
         text = _sized(body.data)
+        answer(doc)  # what a retry gets if a crash follows the INSERT
         async with self._lock(collection, doc_id):
             async with self.db.transaction() as tx:
                 n = await tx.execute(
@@ -367,6 +369,10 @@ class Documents:
                 g_new = self._new_grant(who, g_old, body)
                 data = compute(old["data"])
                 text, now = _sized(data), now_iso()
+                doc = {**old, "version": old["version"] + 1, "data": data, "updated_at": now,
+                       "updated_by": who.user_id, "owner": g_new.owner, "access": g_new.access,
+                       "members": list(g_new.members)}
+                answer(doc)
                 async with self.db.transaction() as tx:
                     n = await tx.execute(
                         """UPDATE documents SET version = version + 1, data = ?, owner = ?, access = ?, members = ?,
@@ -377,9 +383,6 @@ class Documents:
                     if n == 1 and g_new.members != g_old.members:
                         await self._set_members(tx, collection, doc_id, g_new.members)
                 if n == 1:
-                    doc = {**old, "version": old["version"] + 1, "data": data, "updated_at": now,
-                           "updated_by": who.user_id, "owner": g_new.owner, "access": g_new.access,
-                           "members": list(g_new.members)}
                     await self._announce("DOCUMENT_UPDATED", doc, g_old, g_new)
                     return doc
                 # Another node wrote in between: re-read; a stated version now fails as a conflict.
@@ -393,14 +396,15 @@ class Documents:
                 self._preconditions(old, version, if_match)
                 if not may_manage(who, grant_of(old)):
                     raise forbidden(f"only the owner may delete document {doc_id!r}")
+                gone = {"id": doc_id, "collection": collection, "version": old["version"], "deleted": True,
+                        "deleted_at": now_iso(), "deleted_by": who.user_id, "reason": "deleted"}
+                answer(gone)
                 async with self.db.transaction() as tx:
                     n = await tx.execute("DELETE FROM documents WHERE collection = ? AND id = ? AND version = ?",
                                          collection, doc_id, old["version"])
                     if n == 1:
                         await self._set_members(tx, collection, doc_id, ())
                 if n == 1:
-                    gone = {"id": doc_id, "collection": collection, "version": old["version"], "deleted": True,
-                            "deleted_at": now_iso(), "deleted_by": who.user_id, "reason": "deleted"}
                     await self._announce("DOCUMENT_DELETED", gone, grant_of(old), None)
                     return gone
         raise TetherError("unavailable", f"document {doc_id!r} is under heavy contention; retry")

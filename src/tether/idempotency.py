@@ -2,6 +2,13 @@
 
 Kept in the durable database for ``idempotency_ttl`` (24 h by default), scoped
 by user, so a client outbox can retry after a lost ACK without applying twice.
+
+The record commits in the same transaction as the request's first SQL write
+(a :class:`~tether.storage.database.Rider`; the embedded broker's group commit
+carries it too), so a ``kill -9`` between the two cannot happen. Until the
+request finishes the record holds what :func:`answer` said or :data:`APPLIED`;
+then the full answer replaces it. Writes outside SQL (Redis locks, presence,
+the Redis broker) still record right after the write, as before.
 """
 
 from __future__ import annotations
@@ -12,7 +19,7 @@ from typing import Any, Awaitable, Callable
 
 from tether.errors import bad_request
 from tether.jsonutil import dumps, loads
-from tether.storage.database import Database
+from tether.storage.database import Database, Rider, riding, rider
 
 SCHEMA = [
     """CREATE TABLE IF NOT EXISTS idempotency (
@@ -23,6 +30,22 @@ SCHEMA = [
         PRIMARY KEY (scope, key)
     )""",
 ]
+
+
+_RECORD = """INSERT INTO idempotency (scope, key, result, created_at) VALUES (?, ?, ?, ?)
+              ON CONFLICT (scope, key) DO UPDATE SET result = excluded.result, created_at = excluded.created_at"""
+
+#: The stored answer of a write whose own answer a crash lost (it is applied; the request's
+#: code had not said what to answer yet, see :func:`answer`).
+APPLIED = {"applied": True}
+
+
+def answer(result: Any) -> None:
+    """Say what the current request will answer, before the write that commits its record:
+    a retry after a crash right after that write then gets this answer, not :data:`APPLIED`."""
+    r = rider()
+    if r is not None:
+        r.answer = dumps(result)
 
 
 class Idempotency:
@@ -39,7 +62,8 @@ class Idempotency:
     async def run(self, scope: str, key: Any, fn: Callable[[], Awaitable[Any]]) -> Any:
         """Run ``fn`` once per (scope, key); later calls return the stored result.
 
-        A refusal (an exception) is not stored: the retry runs again.
+        A refusal (an exception) before any write is not stored: the retry runs again.
+        One after a write keeps the write's record: the retry gets its answer.
         """
         if not isinstance(key, str) or not 1 <= len(key) <= 200:
             raise bad_request("'idempotency_key' must be a string of 1-200 characters")
@@ -56,12 +80,16 @@ class Idempotency:
                 )
                 if row is not None:
                     return loads(row["result"])
-                result = await fn()
-                await self.db.execute(
-                    """INSERT INTO idempotency (scope, key, result, created_at) VALUES (?, ?, ?, ?)
-                       ON CONFLICT (scope, key) DO UPDATE SET result = excluded.result, created_at = excluded.created_at""",
-                    scope, key, dumps(result), time.time(),
-                )
+                # The record commits with the request's first write (storage.database.Rider) …
+                r = Rider(_RECORD, lambda result: (scope, key, result, time.time()), dumps(APPLIED))
+                token = riding.set(r)
+                try:
+                    result = await fn()
+                finally:
+                    r.done = True  # … or never: tasks the request started must not write it later
+                    riding.reset(token)
+                # … and the full answer replaces it (or is written now, for a write outside SQL).
+                await self.db.execute(_RECORD, scope, key, dumps(result), time.time())
                 self._writes += 1
                 if self._writes % 1000 == 0:
                     await self.db.execute("DELETE FROM idempotency WHERE created_at < ?", time.time() - self.ttl)

@@ -8,14 +8,15 @@ so an acknowledged publish is always recoverable.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import secrets
 import time
-from typing import Any
+from typing import Any, Sequence
 
 from tether import protocol
 from tether.broker.base import Broker, Deliver, Position, Stream
-from tether.storage.database import Database
+from tether.storage.database import Database, Rider, rider
 
 SCHEMA = [
     """CREATE TABLE IF NOT EXISTS channel_positions (
@@ -46,10 +47,8 @@ class ChannelLog:
     async def start(self) -> None:
         await self.db.migrate(SCHEMA)
 
-    async def append(self, channel: str, type: str, data: Any, size: int, ttl: float) -> tuple[Position, str]:
-        return (await self.append_many([(channel, type, data, size, ttl)]))[0]
-
-    async def append_many(self, items: list[tuple[str, str, Any, int, float]]) -> list[tuple[Position, str]]:
+    async def append_many(self, items: list[tuple[str, str, Any, int, float]],
+                          riders: Sequence[Rider] = ()) -> list[tuple[Position, str]]:
         """Append events in one transaction (group commit), offsets in list order per channel.
 
         One multi-row UPSERT per chunk of channels reserves all of their offsets,
@@ -100,6 +99,10 @@ class ChannelLog:
                         'DELETE FROM channel_history WHERE channel = ? AND ("offset" <= ? OR created_at < ?)',
                         channel, offset - size, now - ttl,
                     )
+            for r in riders:  # the publishing requests' idempotency records, in the same COMMIT
+                await tx.execute(r.sql, *r.args())
+        for r in riders:
+            r.done = True
         return out
 
     async def read(self, channel: str, after: int | None, limit: int, ttl: float | None = None) -> Stream:
@@ -141,7 +144,8 @@ class MemoryBroker(Broker):
     def __init__(self, db: Database) -> None:
         self.log = ChannelLog(db)
         self._deliver: Deliver | None = None
-        self._pending: list[tuple[tuple[str, str, Any, int, float], str | None, asyncio.Future[Position]]] = []
+        self._pending: list[tuple[tuple[str, str, Any, int, float], str | None, asyncio.Future[Position],
+                                  Rider | None]] = []
         self._flusher: asyncio.Task[None] | None = None
 
     async def start(self, deliver: Deliver) -> None:
@@ -155,9 +159,10 @@ class MemoryBroker(Broker):
 
     async def publish(self, channel: str, type: str, data: Any, *, history_size: int, history_ttl: float, exclude: str | None = None) -> Position:
         future: asyncio.Future[Position] = asyncio.get_running_loop().create_future()
-        self._pending.append(((channel, type, data, history_size, history_ttl), exclude, future))
+        self._pending.append(((channel, type, data, history_size, history_ttl), exclude, future, rider()))
         if self._flusher is None:
-            self._flusher = asyncio.create_task(self._flush())
+            # A context of its own: the flusher works for every publisher, not for the first one's request.
+            self._flusher = asyncio.create_task(self._flush(), context=contextvars.Context())
         return await future
 
     async def _flush(self) -> None:
@@ -166,16 +171,17 @@ class MemoryBroker(Broker):
                 batch, self._pending = self._pending, []
                 results: list[Any]
                 try:
-                    results = list(await self.log.append_many([item for item, _, _ in batch]))
+                    results = list(await self.log.append_many([item for item, _, _, _ in batch],
+                                                              [r for *_, r in batch if r is not None and not r.done]))
                 except Exception:
                     # A failing event must not fail its neighbours: retry each alone.
                     results = []
-                    for item, _, _ in batch:
+                    for item, _, _, r in batch:
                         try:
-                            results.append(await self.log.append(*item))
+                            results.append((await self.log.append_many([item], [r] if r and not r.done else []))[0])
                         except Exception as exc:
                             results.append(exc)
-                for (item, exclude, future), result in zip(batch, results):
+                for (item, exclude, future, _), result in zip(batch, results):
                     if isinstance(result, Exception):
                         if not future.done():
                             future.set_exception(result)

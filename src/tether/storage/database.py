@@ -2,10 +2,42 @@
 
 from __future__ import annotations
 
+from contextvars import ContextVar
 from pathlib import Path
-from typing import Any, AsyncContextManager, Protocol
+from typing import Any, AsyncContextManager, Callable, Protocol
 
 Row = dict[str, Any]
+
+
+class Rider:
+    """A statement that commits in the same transaction as the first write made on behalf
+    of the current request: its idempotency record (``tether.idempotency``), so a crash
+    never keeps the write and loses the record (a retry would apply the write twice).
+
+    Every backend honours it: a transaction that changed rows, or a lone writing statement
+    that did, runs ``sql`` with ``args()`` before its COMMIT, then marks the rider ``done``.
+    """
+
+    __slots__ = ("sql", "make_args", "answer", "done")
+
+    def __init__(self, sql: str, make_args: Callable[[str], tuple[Any, ...]], answer: str) -> None:
+        self.sql, self.make_args, self.answer, self.done = sql, make_args, answer, False
+
+    def args(self, answer: str | None = None) -> tuple[Any, ...]:
+        return self.make_args(self.answer if answer is None else answer)
+
+
+riding: ContextVar[Rider | None] = ContextVar("tether_rider", default=None)
+
+
+def rider() -> Rider | None:
+    """The current request's rider, while it still has to be committed."""
+    r = riding.get()
+    return None if r is None or r.done else r
+
+
+def is_write(sql: str) -> bool:
+    return sql.lstrip()[:6].lower() in ("insert", "update", "delete")
 
 
 class Queries(Protocol):

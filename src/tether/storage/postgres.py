@@ -21,7 +21,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import asyncpg
 
 from tether.errors import TetherError
-from tether.storage.database import Row
+from tether.storage.database import Row, is_write, rider
 
 #: One lock id for all Tether DDL (any stable 64-bit number works).
 MIGRATE_LOCK = zlib.crc32(b"tether.migrate")
@@ -75,16 +75,24 @@ def _unavailable(exc: BaseException) -> TetherError:
 class _Queries:
     def __init__(self, conn: Any) -> None:
         self._conn = conn
+        self.changed = 0  # rows written so far: a transaction that wrote nothing carries no rider
 
     async def execute(self, sql: str, *args: Any) -> int:
-        return rowcount(await self._conn.execute(translate(sql), *args))
+        n = rowcount(await self._conn.execute(translate(sql), *args))
+        self.changed += n
+        return n
 
     async def fetchone(self, sql: str, *args: Any) -> Row | None:
         row = await self._conn.fetchrow(translate(sql), *args)
+        if row is not None and is_write(sql):  # INSERT/UPDATE … RETURNING
+            self.changed += 1
         return dict(row) if row is not None else None
 
     async def fetchall(self, sql: str, *args: Any) -> list[Row]:
-        return [dict(r) for r in await self._conn.fetch(translate(sql), *args)]
+        rows = [dict(r) for r in await self._conn.fetch(translate(sql), *args)]
+        if is_write(sql):
+            self.changed += len(rows)
+        return rows
 
 
 class PostgresDatabase:
@@ -121,12 +129,18 @@ class PostgresDatabase:
         return cls(pool, schema)
 
     async def execute(self, sql: str, *args: Any) -> int:
+        if rider() is not None and is_write(sql):
+            async with self.transaction() as tx:
+                return await tx.execute(sql, *args)
         try:
             return rowcount(await self._pool.execute(translate(sql), *args))
         except _UNREACHABLE as exc:
             raise _unavailable(exc) from exc
 
     async def fetchone(self, sql: str, *args: Any) -> Row | None:
+        if rider() is not None and is_write(sql):
+            async with self.transaction() as tx:
+                return await tx.fetchone(sql, *args)
         try:
             row = await self._pool.fetchrow(translate(sql), *args)
         except _UNREACHABLE as exc:
@@ -134,6 +148,9 @@ class PostgresDatabase:
         return dict(row) if row is not None else None
 
     async def fetchall(self, sql: str, *args: Any) -> list[Row]:
+        if rider() is not None and is_write(sql):
+            async with self.transaction() as tx:
+                return await tx.fetchall(sql, *args)
         try:
             return [dict(r) for r in await self._pool.fetch(translate(sql), *args)]
         except _UNREACHABLE as exc:
@@ -147,13 +164,20 @@ class PostgresDatabase:
             conn = await self._pool.acquire()
         except _UNREACHABLE as exc:
             raise _unavailable(exc) from exc
+        r = None
         try:
             async with conn.transaction():
-                yield _Queries(conn)
+                q = _Queries(conn)
+                yield q
+                r = rider() if q.changed else None
+                if r is not None:
+                    await q.execute(r.sql, *r.args())
         except _UNREACHABLE as exc:
             raise _unavailable(exc) from exc
         finally:
             await self._pool.release(conn)
+        if r is not None:
+            r.done = True
 
     async def migrate(self, schema: list[str]) -> None:
         async with self.transaction() as tx:

@@ -14,25 +14,32 @@ from typing import Any, AsyncIterator
 
 import aiosqlite
 
-from tether.storage.database import Row
+from tether.storage.database import Row, is_write, rider
 
 
 class _Queries:
     def __init__(self, conn: aiosqlite.Connection) -> None:
         self._conn = conn
+        self.changed = 0  # rows written so far: a transaction that wrote nothing carries no rider
 
     async def execute(self, sql: str, *args: Any) -> int:
         cur = await self._conn.execute(sql, args)
+        self.changed += max(cur.rowcount, 0)
         return cur.rowcount
 
     async def fetchone(self, sql: str, *args: Any) -> Row | None:
         cur = await self._conn.execute(sql, args)
         row = await cur.fetchone()
+        if row is not None and is_write(sql):  # INSERT/UPDATE … RETURNING
+            self.changed += 1
         return dict(row) if row is not None else None
 
     async def fetchall(self, sql: str, *args: Any) -> list[Row]:
         cur = await self._conn.execute(sql, args)
-        return [dict(r) for r in await cur.fetchall()]
+        rows = [dict(r) for r in await cur.fetchall()]
+        if is_write(sql):
+            self.changed += len(rows)
+        return rows
 
 
 class SQLiteDatabase:
@@ -53,14 +60,23 @@ class SQLiteDatabase:
         return cls(conn, path)
 
     async def execute(self, sql: str, *args: Any) -> int:
+        if rider() is not None and is_write(sql):
+            async with self.transaction() as tx:
+                return await tx.execute(sql, *args)
         async with self._lock:
             return await self._q.execute(sql, *args)
 
     async def fetchone(self, sql: str, *args: Any) -> Row | None:
+        if rider() is not None and is_write(sql):
+            async with self.transaction() as tx:
+                return await tx.fetchone(sql, *args)
         async with self._lock:
             return await self._q.fetchone(sql, *args)
 
     async def fetchall(self, sql: str, *args: Any) -> list[Row]:
+        if rider() is not None and is_write(sql):
+            async with self.transaction() as tx:
+                return await tx.fetchall(sql, *args)
         async with self._lock:
             return await self._q.fetchall(sql, *args)
 
@@ -68,12 +84,18 @@ class SQLiteDatabase:
     async def transaction(self) -> AsyncIterator[_Queries]:
         async with self._lock:
             await self._conn.execute("BEGIN IMMEDIATE")
+            q = _Queries(self._conn)
             try:
-                yield self._q
+                yield q
+                r = rider() if q.changed else None
+                if r is not None:
+                    await self._conn.execute(r.sql, r.args())
             except BaseException:
                 await self._conn.execute("ROLLBACK")
                 raise
             await self._conn.execute("COMMIT")
+            if r is not None:
+                r.done = True
 
     async def migrate(self, schema: list[str]) -> None:
         async with self.transaction() as tx:

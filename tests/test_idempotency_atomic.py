@@ -1,0 +1,96 @@
+"""An idempotency record commits with the write it guards: a crash right after the write
+(simulated here by the request dying before it could store its answer) must not let a
+retry apply the write again. Before, the record was a separate later transaction."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, AsyncIterator
+
+import pytest
+
+from tether.auth import Identity
+from tether.channels import ChannelsFeature
+from tether.documents import DocumentsFeature
+from tether.idempotency import APPLIED
+from tether.locks import LocksFeature
+from tests.helpers import started_node
+from tests.services import need_postgres, unique, with_query
+
+
+class Crash(BaseException):
+    """The process dying between a write and the end of its request."""
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def node(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Any]:
+    settings: dict[str, Any] = {}
+    schema = unique("idem_")
+    if request.param == "postgresql":
+        settings["database_url"] = with_query(need_postgres(), schema=schema)
+    async with started_node(tmp_path, ChannelsFeature, DocumentsFeature, LocksFeature, **settings) as n:
+        yield n
+    if request.param == "postgresql":
+        from tests.contract.conftest import drop_schema
+
+        await drop_schema(need_postgres(), schema)
+
+
+async def crashed(node: Any, key: str, write: Any) -> None:
+    async def fn() -> Any:
+        await write()
+        raise Crash()
+
+    with pytest.raises(Crash):
+        await node.idempotency.run("alice:rest", key, fn)
+
+
+async def test_a_document_update_is_not_applied_again_after_a_crash(node: Any) -> None:
+    docs = node.feature(DocumentsFeature).docs
+    from tether.documents import CreateBody, ReplaceBody
+
+    alice = Identity("alice")
+    await docs.create(alice, "boards", CreateBody(id="b1", data={"n": 0}))
+    await crashed(node, "u1", lambda: docs.replace(alice, "boards", "b1", ReplaceBody(data={"n": 1})))
+    retried = await node.idempotency.run("alice:rest", "u1",
+                                         lambda: docs.replace(alice, "boards", "b1", ReplaceBody(data={"n": 1})))
+    assert retried["version"] == 2 and retried["data"] == {"n": 1}  # the first answer, not a new write
+    assert (await docs.get(alice, "boards", "b1"))["version"] == 2
+
+
+async def test_a_keyed_publish_is_not_published_again_after_a_crash(node: Any) -> None:
+    await crashed(node, "p1", lambda: node.publish("public.once", "PUBLICATION", {"n": 1}))
+    retried = await node.idempotency.run("alice:rest", "p1",
+                                         lambda: node.publish("public.once", "PUBLICATION", {"n": 1}))
+    assert retried == APPLIED  # applied; its answer died with the request
+    assert (await node.broker.read("public.once", 0)).position.offset == 1
+
+
+async def test_a_lock_taken_before_a_crash_is_not_taken_again(node: Any) -> None:
+    locks = node.feature(LocksFeature)
+    alice = Identity("alice")
+    await crashed(node, "l1", lambda: locks.acquire(alice, "doc-1", 30))
+    assert await node.idempotency.run("alice:rest", "l1", lambda: locks.acquire(alice, "doc-1", 30)) == APPLIED
+    assert (await locks.status("doc-1"))["fencing_token"] == 1  # acquired once
+
+
+async def test_a_request_that_failed_before_writing_runs_again(node: Any) -> None:
+    docs = node.feature(DocumentsFeature).docs
+    from tether.documents import CreateBody, ReplaceBody
+
+    alice, bob = Identity("alice"), Identity("bob")
+    await docs.create(alice, "boards", CreateBody(id="b2", data={"n": 0}))
+    from tether.errors import TetherError
+
+    with pytest.raises(TetherError):  # bob may not write alice's private document: nothing written
+        await node.idempotency.run("bob:rest", "k", lambda: docs.replace(bob, "boards", "b2", ReplaceBody(data={})))
+    with pytest.raises(Crash):  # reads, then dies: still nothing written, so nothing recorded
+        await node.idempotency.run("alice:rest", "k2", lambda: _read_then_crash(docs, alice))
+    again = await node.idempotency.run("alice:rest", "k2",
+                                       lambda: docs.replace(alice, "boards", "b2", ReplaceBody(data={"n": 5})))
+    assert again["version"] == 2 and again["data"] == {"n": 5}
+
+
+async def _read_then_crash(docs: Any, who: Identity) -> None:
+    await docs.get(who, "boards", "b2")
+    raise Crash()
