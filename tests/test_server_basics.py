@@ -25,6 +25,9 @@ async def test_healthz_metrics_openapi(shared_server) -> None:
         for name in ("tether_connections", "tether_messages_in_total", "tether_deliveries_total",
                      "tether_publish_latency_seconds_bucket", "tether_errors_total"):
             assert name in text, name
+        # frames written are counted once per flush of many sockets, not per frame: still all of them
+        out = next(float(line.split()[-1]) for line in text.splitlines() if line.startswith("tether_messages_out_total"))
+        assert out >= 2  # this client's CONNECTED and ACK at least
         spec = (await http.get("/openapi.json")).json()
         assert "/api/channels/{channel}/publish" in spec["paths"]
         await c.close()

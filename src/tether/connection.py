@@ -184,14 +184,17 @@ class Connection:
             self.node.metrics.messages_out.inc(len(batch))
         return batch
 
-    def drain(self, write: Callable[[list[str]], None]) -> None:
-        """Hand everything queued to ``write``, which must write it before returning. The
-        queue is reused, not replaced: fan-out leaves no garbage per recipient to collect."""
+    def drain(self, write: Callable[[list[str]], None]) -> int:
+        """Hand everything queued to ``write``, which must write it before returning; returns
+        how many frames that was (the caller counts them in ``messages_out``, once per batch of
+        connections). The queue is reused, not replaced: fan-out leaves no garbage per
+        recipient to collect."""
         queue = self._queue
-        if queue:
+        n = len(queue)
+        if n:
             write(queue)
-            self.node.metrics.messages_out.inc(len(queue))
             queue.clear()
+        return n
 
     # -- incoming -----------------------------------------------------------
 

@@ -12,7 +12,7 @@ class Metrics:
         r = self.registry = CollectorRegistry()
         self.connections = Gauge("tether_connections", "Open WebSocket connections", registry=r)
         self.messages_in = Counter("tether_messages_in", "Frames received from clients", ["type"], registry=r)
-        self.messages_out = Counter("tether_messages_out", "Frames queued to clients", registry=r)
+        self.messages_out = Counter("tether_messages_out", "Frames written to clients", registry=r)
         self.deliveries = Counter("tether_deliveries", "Channel events delivered to connections", registry=r)
         self.publishes = Counter("tether_publishes", "Events published on channels", registry=r)
         self.publish_latency = Histogram(

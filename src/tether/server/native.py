@@ -95,11 +95,18 @@ class _Flusher:
     def run(self) -> None:
         self.scheduled = False
         dirty, self.dirty = self.dirty, []
+        sent: dict[Any, int] = {}  # metrics -> frames: one counter update per turn, not per subscriber
         for sock in dirty:
             try:
-                sock._flush()
+                n = sock._flush()
             except Exception:  # one broken socket must not keep the others' frames back
                 log.exception("flushing connection %s failed", sock.conn.id)
+                continue
+            if n:
+                metrics = sock.node.metrics
+                sent[metrics] = sent.get(metrics, 0) + n
+        for metrics, n in sent.items():
+            metrics.messages_out.inc(n)
 
 
 _flushers: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Flusher]" = weakref.WeakKeyDictionary()
@@ -155,21 +162,25 @@ class NativeSocket(asyncio.Protocol):
             self._scheduled = True
             self._flusher.add(self)
 
-    def _flush(self) -> None:
+    def _flush(self) -> int:
         self._scheduled = False
         conn = self.conn
+        sent = 0
         if not self._paused and not self.transport.is_closing() and self._close_timer is None:
-            conn.drain(self._write)
+            sent = conn.drain(self._write)
         if conn.close_code is not None:
             self._send_close(conn.close_code, conn.close_reason)
             self._end()
+        return sent
 
     def pause_writing(self) -> None:
         self._paused = True
 
     def resume_writing(self) -> None:
         self._paused = False
-        self._flush()
+        n = self._flush()
+        if n:
+            self.node.metrics.messages_out.inc(n)
 
     def _send_close(self, code: int, reason: str) -> None:
         if self._close_timer is not None or self.transport.is_closing():
