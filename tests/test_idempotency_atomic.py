@@ -12,6 +12,8 @@ import pytest
 from tether.auth import Identity
 from tether.channels import ChannelsFeature
 from tether.documents import DocumentsFeature
+from tether.errors import TetherError
+from tether.events import EventsFeature
 from tether.idempotency import APPLIED
 from tether.locks import LocksFeature
 from tests.helpers import started_node
@@ -28,7 +30,8 @@ async def node(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[
     schema = unique("idem_")
     if request.param == "postgresql":
         settings["database_url"] = with_query(need_postgres(), schema=schema)
-    async with started_node(tmp_path, ChannelsFeature, DocumentsFeature, LocksFeature, **settings) as n:
+    async with started_node(tmp_path, ChannelsFeature, DocumentsFeature, LocksFeature, EventsFeature,
+                            **settings) as n:
         yield n
     if request.param == "postgresql":
         from tests.contract.conftest import drop_schema
@@ -80,8 +83,6 @@ async def test_a_request_that_failed_before_writing_runs_again(node: Any) -> Non
 
     alice, bob = Identity("alice"), Identity("bob")
     await docs.create(alice, "boards", CreateBody(id="b2", data={"n": 0}))
-    from tether.errors import TetherError
-
     with pytest.raises(TetherError):  # bob may not write alice's private document: nothing written
         await node.idempotency.run("bob:rest", "k", lambda: docs.replace(bob, "boards", "b2", ReplaceBody(data={})))
     with pytest.raises(Crash):  # reads, then dies: still nothing written, so nothing recorded
@@ -94,3 +95,21 @@ async def test_a_request_that_failed_before_writing_runs_again(node: Any) -> Non
 async def _read_then_crash(docs: Any, who: Identity) -> None:
     await docs.get(who, "boards", "b2")
     raise Crash()
+
+
+async def test_a_request_that_failed_after_writing_runs_again(node: Any) -> None:
+    """No crash, an error: the retained row was written, its event could not be published.
+    The client is told to retry (unavailable); the retry must publish it, not answer APPLIED."""
+    events = node.feature(EventsFeature)
+    real = node.broker.publish
+
+    async def down(*args: Any, **kw: Any) -> Any:
+        raise TetherError("unavailable", "the broker is down; retry")
+
+    node.broker.publish = down
+    with pytest.raises(TetherError):
+        await node.idempotency.run("server:rest", "e1", lambda: events.push("bob", "CREDIT_UPDATE", {"credits": 5}))
+    node.broker.publish = real
+    again = await node.idempotency.run("server:rest", "e1",
+                                       lambda: events.push("bob", "CREDIT_UPDATE", {"credits": 5}))
+    assert again != APPLIED and (await node.broker.read("users.bob", 0)).position.offset == 1

@@ -7,13 +7,15 @@ The record commits in the same transaction as the request's first SQL write
 (a :class:`~tether.storage.database.Rider`; the embedded broker's group commit
 carries it too), so a ``kill -9`` between the two cannot happen. Until the
 request finishes the record holds what :func:`answer` said or :data:`APPLIED`;
-then the full answer replaces it. Writes outside SQL (Redis locks, presence,
+then the full answer replaces it, or, if the request failed after writing, the
+record is removed so that the retry runs again (as it would have before). Writes outside SQL (Redis locks, presence,
 the Redis broker) still record right after the write, as before.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from typing import Any, Awaitable, Callable
 
@@ -31,6 +33,8 @@ SCHEMA = [
     )""",
 ]
 
+
+log = logging.getLogger("tether.idempotency")
 
 _RECORD = """INSERT INTO idempotency (scope, key, result, created_at) VALUES (?, ?, ?, ?)
               ON CONFLICT (scope, key) DO UPDATE SET result = excluded.result, created_at = excluded.created_at"""
@@ -59,11 +63,18 @@ class Idempotency:
     async def start(self) -> None:
         await self.db.migrate(SCHEMA)
 
+    async def _forget(self, scope: str, key: str) -> None:
+        try:
+            await self.db.execute("DELETE FROM idempotency WHERE scope = ? AND key = ?", scope, key)
+        except Exception:  # the request's own error is the one to report
+            log.warning("could not forget the record of failed request %s/%s", scope, key, exc_info=True)
+
     async def run(self, scope: str, key: Any, fn: Callable[[], Awaitable[Any]]) -> Any:
         """Run ``fn`` once per (scope, key); later calls return the stored result.
 
-        A refusal (an exception) before any write is not stored: the retry runs again.
-        One after a write keeps the write's record: the retry gets its answer.
+        A refusal (an exception) is not stored: the retry runs again, even when the
+        request had written before it failed (its record is removed). Only a crash
+        (no code runs) leaves the record of a write: the retry then answers it.
         """
         if not isinstance(key, str) or not 1 <= len(key) <= 200:
             raise bad_request("'idempotency_key' must be a string of 1-200 characters")
@@ -85,6 +96,10 @@ class Idempotency:
                 token = riding.set(r)
                 try:
                     result = await fn()
+                except Exception:
+                    if r.done:  # it wrote, then failed (its event not published, say): the retry
+                        await self._forget(scope, key)  # must run again, as if nothing was written
+                    raise
                 finally:
                     r.done = True  # … or never: tasks the request started must not write it later
                     riding.reset(token)

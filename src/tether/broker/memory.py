@@ -16,6 +16,7 @@ from typing import Any, Sequence
 
 from tether import protocol
 from tether.broker.base import Broker, Deliver, Position, Stream
+from tether.errors import TetherError
 from tether.storage.database import Database, Rider, rider
 
 SCHEMA = [
@@ -173,14 +174,16 @@ class MemoryBroker(Broker):
                 try:
                     results = list(await self.log.append_many([item for item, _, _, _ in batch],
                                                               [r for *_, r in batch if r is not None and not r.done]))
+                except TetherError as exc:
+                    if exc.code != "unavailable":
+                        results = await self._one_by_one(batch)
+                    else:
+                        # The database is unreachable, maybe mid-COMMIT: whether the batch landed
+                        # is unknown, and retrying it could store every event twice. Fail it;
+                        # clients retry (with their idempotency keys).
+                        results = [exc] * len(batch)
                 except Exception:
-                    # A failing event must not fail its neighbours: retry each alone.
-                    results = []
-                    for item, _, _, r in batch:
-                        try:
-                            results.append((await self.log.append_many([item], [r] if r and not r.done else []))[0])
-                        except Exception as exc:
-                            results.append(exc)
+                    results = await self._one_by_one(batch)
                 for (item, exclude, future, _), result in zip(batch, results):
                     if isinstance(result, Exception):
                         if not future.done():
@@ -196,6 +199,16 @@ class MemoryBroker(Broker):
                         future.set_result(position)
         finally:
             self._flusher = None
+
+    async def _one_by_one(self, batch: list[Any]) -> list[Any]:
+        """A failing event must not fail its neighbours: each alone, its error as its result."""
+        results: list[Any] = []
+        for item, _, _, r in batch:
+            try:
+                results.append((await self.log.append_many([item], [r] if r is not None and not r.done else []))[0])
+            except Exception as exc:
+                results.append(exc)
+        return results
 
     async def read(self, channel: str, after: int | None, *, history_ttl: float | None = None, limit: int = 10_000) -> Stream:
         return await self.log.read(channel, after, limit, history_ttl)

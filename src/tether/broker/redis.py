@@ -25,6 +25,7 @@ local subscribers resubscribe with ``since`` and learn the truth.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import secrets
 import time
@@ -169,8 +170,8 @@ class RedisBroker(Broker):
                 self._topic(channel), exclude or "", max(META_TTL_MS, ttl_ms)]
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._pending.append((self._keys(channel), args, future))  # synchronously: call order is offset order
-        if self._flusher is None:
-            self._flusher = asyncio.create_task(self._flush())
+        if self._flusher is None:  # a context of its own: it works for every publisher
+            self._flusher = asyncio.create_task(self._flush(), context=contextvars.Context())
         top, epoch = await future
         return Position(int(top), _text(epoch))
 

@@ -25,6 +25,7 @@ same sans-I/O :class:`~tether.connection.Connection` as the ASGI path.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import logging
 import weakref
@@ -79,10 +80,9 @@ def frame(text: str) -> bytes:
 class _Flusher:
     """The sockets with frames to write, flushed together once per loop turn."""
 
-    __slots__ = ("loop", "dirty", "scheduled")
+    __slots__ = ("dirty", "scheduled", "__weakref__")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
+    def __init__(self) -> None:
         self.dirty: list[NativeSocket] = []
         self.scheduled = False
 
@@ -90,7 +90,9 @@ class _Flusher:
         self.dirty.append(sock)
         if not self.scheduled:
             self.scheduled = True
-            self.loop.call_soon(self.run)
+            # A context of its own: the flush (and a close it may start) works for every
+            # socket, not inside the request whose frame happened to come first.
+            asyncio.get_running_loop().call_soon(self.run, context=contextvars.Context())
 
     def run(self) -> None:
         self.scheduled = False
@@ -142,7 +144,7 @@ class NativeSocket(asyncio.Protocol):
         self._hard_limit = 4 * self.node.settings.max_frame_bytes
         flusher = _flushers.get(loop)
         if flusher is None:
-            flusher = _flushers[loop] = _Flusher(loop)
+            flusher = _flushers[loop] = _Flusher()  # holds no reference to the loop: the entry dies with it
         self._flusher = flusher
         self._write = functools.partial(_write_texts, transport)
         conn.wake = self.wake

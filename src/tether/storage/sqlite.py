@@ -8,6 +8,7 @@ the durability SPEC §6 asks of the embedded default.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, AsyncIterator
@@ -90,10 +91,12 @@ class SQLiteDatabase:
                 r = rider() if q.changed else None
                 if r is not None:
                     await self._conn.execute(r.sql, r.args())
+                await self._conn.execute("COMMIT")
             except BaseException:
-                await self._conn.execute("ROLLBACK")
+                # Also after a failed COMMIT (disk full): never leave the shared connection in a transaction.
+                with contextlib.suppress(Exception):
+                    await self._conn.execute("ROLLBACK")
                 raise
-            await self._conn.execute("COMMIT")
             if r is not None:
                 r.done = True
 
