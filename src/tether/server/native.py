@@ -8,9 +8,10 @@ ASGI message per frame: about 25 KB of an idle connection's 40 KB
 one small object holding the transport, websockets' sans-I/O parser and the
 same sans-I/O :class:`~tether.connection.Connection` as the ASGI path.
 
-- In: each complete message goes to ``conn.handle()``. Requests are handled in
-  order, one at a time, by a task that exists only while there is work; reading
-  pauses while too many messages wait.
+- In: each complete message goes to ``conn.handle()``, in order, from a task
+  that exists only while there is work (``handle`` returns at once for a
+  pipelined PUBLISH: see ``Connection._pipeline``); reading pauses while too
+  many messages wait.
 - Out: frames wait in the connection's bounded queue (a full queue closes a
   slow consumer, 4008); the first one queued puts the socket on its loop's
   flush list, and one ``call_soon`` per loop turn writes every listed socket's
