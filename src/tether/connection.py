@@ -100,7 +100,7 @@ class Connection:
         # queue stops being empty or the connection closed; it calls drain() once it can write.
         self.wake: Callable[[], None] | None = None
         self._in_flight: set[asyncio.Task[None]] | None = None  # pipelined requests not yet answered (made on first use)
-        self._turn: asyncio.Future[None] | None = None  # the latest pipelined request's turn to publish
+        self._last_turn: asyncio.Future[None] | None = None  # set once the latest pipelined request has published
         self._limit = node.settings.send_queue_frames
         self._bucket = TokenBucket(node.settings.rate_per_connection, node.settings.rate_burst)
         self._errors: deque[float] | None = None  # only after a refused frame
@@ -238,8 +238,8 @@ class Connection:
         elif len(in_flight) >= MAX_IN_FLIGHT:
             await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
         loop = asyncio.get_running_loop()
-        prev, mine = self._turn, loop.create_future()
-        self._turn = mine
+        prev, mine = self._last_turn, loop.create_future()
+        self._last_turn = mine
 
         async def run() -> None:
             if prev is not None and not prev.done():
