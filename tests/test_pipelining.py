@@ -31,7 +31,8 @@ async def test_keyed_publishes_in_a_burst_keep_their_order_and_apply_once(shared
     burst = [("PUBLISH", {"channel": "public.keyed", "data": {"i": i}, "idempotency_key": f"k{i}"}) for i in range(30)]
     # a keyless publish between keyed ones must not overtake them
     burst.insert(10, ("PUBLISH", {"channel": "public.keyed", "data": {"i": "plain"}}))
-    replies, _ = await pub.burst(burst)  # answered out of order: each stores its record after publishing
+    replies, arrived = await pub.burst(burst)
+    assert arrived == replies  # answered in request order, though each stores its record after publishing
     offsets = [r["data"]["offset"] for r in replies]
     assert offsets == list(range(offsets[0], offsets[0] + 31))
     again, _ = await pub.burst([b for b in burst if "idempotency_key" in b[1]])
@@ -52,4 +53,20 @@ async def test_a_request_after_a_burst_waits_for_it(shared_server) -> None:
     assert arrived[-1] is replies[-1]  # the SUBSCRIBE's answer came last …
     assert [p["data"]["i"] for p in replies[-1]["data"]["publications"]] == list(range(40))  # … and holds the burst
     await c.nothing("PUBLICATION", channel="public.mixed")  # nothing of it twice
+    await c.close()
+
+
+async def test_refusals_in_a_burst_are_answered_in_request_order(shared_server) -> None:
+    """A refused request (forbidden channel, unknown type) is known at once, yet its ERROR
+    must not overtake the ACKs of the publishes sent before it."""
+    c = await WsClient.connect(shared_server, "orderly")
+    burst = publishes("public.orderly", 20)
+    burst.insert(10, ("PUBLISH", {"channel": "users.somebody-else", "data": {}}))
+    burst.insert(15, ("NO_SUCH_TYPE", {}))
+    replies, arrived = await c.burst(burst)
+    assert arrived == replies
+    assert [r["type"] for r in replies] == ["ACK"] * 10 + ["ERROR"] + ["ACK"] * 4 + ["ERROR"] + ["ACK"] * 6
+    assert replies[10]["data"]["code"] == "forbidden" and replies[15]["data"]["code"] == "bad_request"
+    offsets = [r["data"]["offset"] for r in replies if r["type"] == "ACK"]
+    assert offsets == list(range(offsets[0], offsets[0] + 20))
     await c.close()

@@ -101,6 +101,7 @@ class Connection:
         self.wake: Callable[[], None] | None = None
         self._in_flight: set[asyncio.Task[None]] | None = None  # pipelined requests not yet answered (made on first use)
         self._last_turn: asyncio.Future[None] | None = None  # set once the latest pipelined request has published
+        self._last_reply: asyncio.Future[None] | None = None  # set once it has been answered
         self._limit = node.settings.send_queue_frames
         self._bucket = TokenBucket(node.settings.rate_per_connection, node.settings.rate_burst)
         self._errors: deque[float] | None = None  # only after a refused frame
@@ -201,12 +202,14 @@ class Connection:
     async def handle(self, raw: str | bytes) -> None:
         self.last_seen = time.monotonic()
         if len(raw) > self.node.settings.max_frame_bytes:
+            await self.settle()  # every reply leaves in request order, refusals too
             self._refuse(protocol.request_id(raw), TetherError(
                 "too_large", f"frame of {len(raw)} bytes exceeds the limit of {self.node.settings.max_frame_bytes}"))
             return
         try:
             frame = protocol.parse(raw)
         except TetherError as exc:
+            await self.settle()
             self._refuse(protocol.request_id(raw), exc)
             return
         self.node.metrics.messages_in.labels(frame.type).inc()
@@ -216,10 +219,12 @@ class Connection:
         if frame.type == "PONG":
             return
         if not (self._bucket.take() and self.node.user_rate(self.user_id)):
+            await self.settle()
             self._refuse(frame.id, TetherError("rate_limited", "too many requests: slow down and retry"))
             return
         op = self.node.ops.get(frame.type)
         if op is None:
+            await self.settle()
             self._refuse(frame.id, TetherError("bad_request", f"unknown frame type {frame.type!r}"))
             return
         if frame.type in PIPELINED:
@@ -239,17 +244,19 @@ class Connection:
             await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
         loop = asyncio.get_running_loop()
         prev, mine = self._last_turn, loop.create_future()
-        self._last_turn = mine
+        prev_reply, my_reply = self._last_reply, loop.create_future()
+        self._last_turn, self._last_reply = mine, my_reply
 
         async def run() -> None:
             if prev is not None and not prev.done():
                 await prev
             _turn.set(mine)
             try:
-                await self._execute(frame, op)
+                await self._execute(frame, op, after=prev_reply)
             finally:
-                if not mine.done():  # it failed or answered before publishing: the next may go
-                    mine.set_result(None)
+                for f in (mine, my_reply):  # (its turn: it failed or answered before publishing)
+                    if not f.done():
+                        f.set_result(None)
 
         task = loop.create_task(run())
         in_flight.add(task)
@@ -260,8 +267,10 @@ class Connection:
         while self._in_flight:  # None or empty: nothing in flight
             await asyncio.wait(tuple(self._in_flight))
 
-    async def _execute(self, frame: protocol.Frame, op: Any) -> None:
+    async def _execute(self, frame: protocol.Frame, op: Any, after: "asyncio.Future[None] | None" = None) -> None:
+        """Run one request and answer it, once ``after`` (the previous request's reply) is sent."""
         started = time.perf_counter()
+        outcome: Any
         try:
             data = frame.data
             if frame.channel is not None and "channel" not in data:
@@ -271,24 +280,26 @@ class Connection:
             # that releases held events, must never be replayed from a stored record.
             if key is not None and frame.type != "SUBSCRIBE":
                 # Scoped per request type: a key reused for another kind of write is a new write.
-                result = await self.node.idempotency.run(
+                outcome = await self.node.idempotency.run(
                     f"{self.user_id}:ws:{frame.type}", key, lambda: op(self, data))
             else:
-                result = await op(self, data)
+                outcome = await op(self, data)
         except TetherError as exc:
-            self._refuse(frame.id, exc)
-            return
+            outcome = exc
         except Exception:
             log.exception("request %s failed", frame.type)
-            self._refuse(frame.id, TetherError("unavailable", f"{frame.type} failed inside the server; retry"))
-            return
+            outcome = TetherError("unavailable", f"{frame.type} failed inside the server; retry")
         finally:
             self.node.metrics.request_latency.labels(frame.type).observe(time.perf_counter() - started)
-        if isinstance(result, Reply):
-            self.send(protocol.ack_raw(frame.id, result.data))
-            self.release(result.channel, result.last)
+        if after is not None and not after.done():
+            await after  # replies leave in the order the requests came, whichever finished first
+        if isinstance(outcome, TetherError):
+            self._refuse(frame.id, outcome)
+        elif isinstance(outcome, Reply):
+            self.send(protocol.ack_raw(frame.id, outcome.data))
+            self.release(outcome.channel, outcome.last)
         elif frame.id is not None:
-            self.send(protocol.ack(frame.id, result if result is not None else {}))
+            self.send(protocol.ack(frame.id, outcome if outcome is not None else {}))
 
     def _refuse(self, request: str | None, exc: TetherError) -> None:
         self.node.metrics.errors.labels(exc.code).inc()
