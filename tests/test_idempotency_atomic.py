@@ -15,6 +15,7 @@ from tether.documents import DocumentsFeature
 from tether.errors import TetherError
 from tether.events import EventsFeature
 from tether.idempotency import APPLIED
+from tether.jsonutil import loads
 from tether.locks import LocksFeature
 from tests.helpers import started_node
 from tests.services import need_postgres, unique, with_query
@@ -113,3 +114,90 @@ async def test_a_request_that_failed_after_writing_runs_again(node: Any) -> None
     again = await node.idempotency.run("server:rest", "e1",
                                        lambda: events.push("bob", "CREDIT_UPDATE", {"credits": 5}))
     assert again != APPLIED and (await node.broker.read("users.bob", 0)).position.offset == 1
+
+
+async def test_a_keyed_create_whose_announce_failed_is_not_created_twice(tmp_path: Path) -> None:
+    """documents.create commits its INSERT (its record riding along), then publishes
+    DOCUMENT_CREATED. When that publish fails, the record must stay: a retry that ran create
+    again would make a second document (server id) or be refused as a conflict (client id)."""
+    from tether.documents import CreateBody, DocumentsFeature
+    from tether.errors import TetherError
+
+    async with started_node(tmp_path, ChannelsFeature, DocumentsFeature) as node:
+        docs = node.feature(DocumentsFeature).docs
+        alice = Identity("alice")
+        real = node.broker.publish
+
+        async def down(*a: Any, **kw: Any) -> Any:
+            raise TetherError("unavailable", "broker down")
+
+        node.broker.publish = down  # type: ignore[method-assign]
+        with pytest.raises(TetherError):
+            await node.idempotency.run("alice:rest", "c1", lambda: docs.create(alice, "notes", CreateBody(data={"t": 1})))
+        with pytest.raises(TetherError):
+            await node.idempotency.run("alice:rest", "c2",
+                                       lambda: docs.create(alice, "notes", CreateBody(id="n2", data={"t": 2})))
+        node.broker.publish = real  # type: ignore[method-assign]
+        first = await node.idempotency.run("alice:rest", "c1", lambda: docs.create(alice, "notes", CreateBody(data={"t": 1})))
+        listed = await docs.list(alice, "notes")
+        ids = [d["id"] for d in listed["documents"]]
+        second_err = None
+        try:
+            await node.idempotency.run("alice:rest", "c2",
+                                       lambda: docs.create(alice, "notes", CreateBody(id="n2", data={"t": 2})))
+        except TetherError as exc:
+            second_err = exc.code
+        assert (len([i for i in ids if i != "n2"]), second_err) == (1, None), \
+            f"one keyed create made {ids} (first={first['id']}); the retry of the one with an id: {second_err}"
+
+
+async def test_a_connection_lost_after_a_group_commit_does_not_store_the_batch_twice(tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """asyncpg's release() re-raises an error from resetting a connection that dropped right
+    after its COMMIT. The group commit must not take that for a failed commit and store the
+    (committed, ACKed) batch again event by event."""
+    import asyncpg
+
+    from tests.contract.conftest import drop_schema
+    from tests.services import need_postgres, unique, with_query
+
+    schema = unique("r2_")
+    try:
+        async with started_node(tmp_path, ChannelsFeature,
+                                database_url=with_query(need_postgres(), schema=schema)) as node:
+            real_reset = asyncpg.connection.Connection.reset
+            armed = False
+
+            async def reset(self: Any, *, timeout: Any = None) -> None:
+                nonlocal armed
+                if armed:
+                    armed = False
+                    raise asyncpg.exceptions.ConnectionDoesNotExistError(
+                        "connection was closed in the middle of operation")
+                await real_reset(self, timeout=timeout)
+
+            monkeypatch.setattr(asyncpg.connection.Connection, "reset", reset)
+            armed = True
+            pos = await node.publish("public.twice", "PUBLICATION", {"n": 1})  # ACKed, no error
+            stream = await node.broker.read("public.twice", 0)
+            frames = [loads(t)["data"] for _, t in stream.events]
+            assert frames == [{"n": 1}], f"offset {pos.offset}, history {frames}"
+    finally:
+        await drop_schema(need_postgres(), schema)
+
+
+async def test_a_failed_sqlite_commit_rolls_back(tmp_path: Path) -> None:
+    """A COMMIT that fails (a deferred foreign key here; disk full in life) must not leave the
+    one shared connection inside a transaction."""
+    from tether.storage.sqlite import SQLiteDatabase
+
+    db = await SQLiteDatabase.open(tmp_path / "c.db")
+    await db.execute("CREATE TABLE p (id INTEGER PRIMARY KEY)")
+    await db.execute("CREATE TABLE c (pid INTEGER REFERENCES p(id) DEFERRABLE INITIALLY DEFERRED)")
+    with pytest.raises(Exception):
+        async with db.transaction() as tx:
+            await tx.execute("INSERT INTO c (pid) VALUES (42)")  # fails only at COMMIT
+    async with db.transaction() as tx:
+        await tx.execute("INSERT INTO p (id) VALUES (1)")
+    assert await db.fetchall("SELECT * FROM c") == []
+    await db.close()

@@ -70,3 +70,30 @@ async def test_refusals_in_a_burst_are_answered_in_request_order(shared_server) 
     offsets = [r["data"]["offset"] for r in replies if r["type"] == "ACK"]
     assert offsets == list(range(offsets[0], offsets[0] + 20))
     await c.close()
+
+
+async def test_a_long_mixed_burst_past_the_in_flight_limit_keeps_reply_and_offset_order(shared_server) -> None:
+    c = await WsClient.connect(shared_server, "longburst")
+    burst: list[tuple[str, dict]] = []
+    for i in range(150):  # more than the 64 a connection may have in flight
+        if i % 17 == 5:
+            burst.append(("PUBLISH", {"channel": "users.other", "data": {}}))
+        elif i % 23 == 7:
+            burst.append(("NO_SUCH", {}))
+        elif i % 29 == 11:
+            burst.append(("PUBLISH", {"channel": "public.lb", "data": {"i": i}, "idempotency_key": f"lk{i}"}))
+        else:
+            burst.append(("PUBLISH", {"channel": "public.lb", "data": {"i": i}}))
+    replies, arrived = await c.burst(burst, timeout=30)
+    assert [r["id"] for r in arrived] == [r["id"] for r in replies]
+    offsets = [r["data"]["offset"] for r in replies if r["type"] == "ACK"]
+    assert offsets == list(range(offsets[0], offsets[0] + len(offsets)))
+    # a connection closed in the middle of its burst leaves the server serving
+    d = await WsClient.connect(shared_server, "closer")
+    for i in range(120):
+        await d.send("PUBLISH", {"channel": "public.lb2", "data": {"i": i}})
+    await d.close()
+    e = await WsClient.connect(shared_server, "after")
+    assert (await e.request("PUBLISH", {"channel": "public.lb2", "data": {}}))["offset"] >= 1
+    await e.close()
+    await c.close()

@@ -248,19 +248,31 @@ class Connection:
         self._last_turn, self._last_reply = mine, my_reply
 
         async def run() -> None:
-            if prev is not None and not prev.done():
-                await prev
-            _turn.set(mine)
             try:
+                if prev is not None and not prev.done():
+                    await asyncio.shield(prev)
+                _turn.set(mine)
                 await self._execute(frame, op, after=prev_reply)
             finally:
-                for f in (mine, my_reply):  # (its turn: it failed or answered before publishing)
-                    if not f.done():
+                # (cancelled even before its turn: its successors still wait for its predecessor)
+                for before, f in ((prev, mine), (prev_reply, my_reply)):
+                    if f.done():
+                        continue
+                    if before is None or before.done():
                         f.set_result(None)
+                    else:
+                        before.add_done_callback(lambda _, f=f: f.done() or f.set_result(None))
 
         task = loop.create_task(run())
         in_flight.add(task)
-        task.add_done_callback(in_flight.discard)
+        task.add_done_callback(self._landed)
+
+    def _landed(self, task: "asyncio.Task[None]") -> None:
+        in_flight = self._in_flight
+        if in_flight is not None:
+            in_flight.discard(task)
+            if not in_flight:  # all answered: an idle connection keeps nothing of its bursts
+                self._in_flight = self._last_turn = self._last_reply = None
 
     async def settle(self) -> None:
         """Wait until every pipelined request has been answered."""
@@ -291,8 +303,9 @@ class Connection:
             outcome = TetherError("unavailable", f"{frame.type} failed inside the server; retry")
         finally:
             self.node.metrics.request_latency.labels(frame.type).observe(time.perf_counter() - started)
+        pass_turn()  # finished without publishing (refused, or answered from its record): the next may go
         if after is not None and not after.done():
-            await after  # replies leave in the order the requests came, whichever finished first
+            await asyncio.shield(after)  # replies leave in the order the requests came, whichever finished first
         if isinstance(outcome, TetherError):
             self._refuse(frame.id, outcome)
         elif isinstance(outcome, Reply):

@@ -23,6 +23,7 @@ from tether.auth import valid_id
 from tether.devices import DevicesFeature, holding_user_channel
 from tether.errors import TetherError, bad_request
 from tether.feature import Feature, Op
+from tether.idempotency import rerun_on_failure
 from tether.jsonutil import dumps, loads
 from tether.server.http import Caller, NodeDep, require_server
 from tether.storage.database import Database
@@ -195,6 +196,7 @@ class EventsFeature(Feature):
         """Retain (first, so a device connecting meanwhile misses nothing), then publish to the user."""
         now = time.time()
         rule = retention(type, data, retain, now, self.node.settings.retain_ended)
+        rerun_on_failure()  # the retained state is an upsert: a retry after a failed publish redoes both
         if rule is not None:
             await self.store.put(user, type, rule[0], data, rule[1], now)
         return await self.node.publish(f"users.{user}", type, data, exclude=exclude)

@@ -7,8 +7,9 @@ The record commits in the same transaction as the request's first SQL write
 (a :class:`~tether.storage.database.Rider`; the embedded broker's group commit
 carries it too), so a ``kill -9`` between the two cannot happen. Until the
 request finishes the record holds what :func:`answer` said or :data:`APPLIED`;
-then the full answer replaces it, or, if the request failed after writing, the
-record is removed so that the retry runs again (as it would have before). Writes outside SQL (Redis locks, presence,
+then the full answer replaces it. A request that fails after writing keeps
+the record (its retry must not apply the write again), unless it declared its
+writes repeatable (:func:`rerun_on_failure`). Writes outside SQL (Redis locks, presence,
 the Redis broker) still record right after the write, as before.
 """
 
@@ -52,6 +53,16 @@ def answer(result: Any) -> None:
         r.answer = dumps(result)
 
 
+def rerun_on_failure() -> None:
+    """Say the current request's writes are safe to repeat (an upsert, say). If it then fails
+    after writing (its event could not be published), its record is removed and the retry runs
+    it whole. Otherwise a request that wrote keeps its record even when it failed later: the
+    retry gets its answer, since running a write like an INSERT twice would apply it twice."""
+    r = rider()
+    if r is not None:
+        r.rerun = True
+
+
 class Idempotency:
     def __init__(self, db: Database, ttl: float) -> None:
         self.db = db
@@ -72,9 +83,10 @@ class Idempotency:
     async def run(self, scope: str, key: Any, fn: Callable[[], Awaitable[Any]]) -> Any:
         """Run ``fn`` once per (scope, key); later calls return the stored result.
 
-        A refusal (an exception) is not stored: the retry runs again, even when the
-        request had written before it failed (its record is removed). Only a crash
-        (no code runs) leaves the record of a write: the retry then answers it.
+        A refusal (an exception) before any write is not stored: the retry runs again.
+        A request that wrote keeps its record, crash or error after the write, so the
+        retry gets its answer and applies nothing twice; unless it said its writes may
+        be repeated (:func:`rerun_on_failure`) and failed: then the retry runs again.
         """
         if not isinstance(key, str) or not 1 <= len(key) <= 200:
             raise bad_request("'idempotency_key' must be a string of 1-200 characters")
@@ -97,8 +109,8 @@ class Idempotency:
                 try:
                     result = await fn()
                 except Exception:
-                    if r.done:  # it wrote, then failed (its event not published, say): the retry
-                        await self._forget(scope, key)  # must run again, as if nothing was written
+                    if r.done and r.rerun:  # it wrote (harmlessly repeatable), then failed:
+                        await self._forget(scope, key)  # the retry runs it whole
                     raise
                 finally:
                     r.done = True  # … or never: tasks the request started must not write it later

@@ -18,10 +18,11 @@ class Rider:
     that did, runs ``sql`` with ``args()`` before its COMMIT, then marks the rider ``done``.
     """
 
-    __slots__ = ("sql", "make_args", "answer", "done")
+    __slots__ = ("sql", "make_args", "answer", "done", "rerun")
 
     def __init__(self, sql: str, make_args: Callable[[str], tuple[Any, ...]], answer: str) -> None:
         self.sql, self.make_args, self.answer, self.done = sql, make_args, answer, False
+        self.rerun = False  # the request's writes are safe to repeat (see tether.idempotency.rerun_on_failure)
 
     def args(self, answer: str | None = None) -> tuple[Any, ...]:
         return self.make_args(self.answer if answer is None else answer)

@@ -175,7 +175,10 @@ class PostgresDatabase:
         except _UNREACHABLE as exc:
             raise _unavailable(exc) from exc
         finally:
-            await self._pool.release(conn)
+            try:
+                await self._pool.release(conn)
+            except Exception:  # asyncpg terminated it; whether the COMMIT landed is decided above
+                pass
         if r is not None:
             r.done = True
 
