@@ -57,6 +57,17 @@ def pass_turn() -> None:
             mine.set_result(None)  # its waiter wakes on a later loop turn, after our enqueue
 
 
+def _settle_after(before: "asyncio.Future[None] | None", f: "asyncio.Future[None]") -> None:
+    """Resolve ``f`` once ``before`` is (now, if it is): a pipelined request that ends early
+    never lets its successors overtake its predecessor."""
+    if f.done():
+        return
+    if before is None or before.done():
+        f.set_result(None)
+    else:
+        before.add_done_callback(lambda _: f.done() or f.set_result(None))
+
+
 class Reply:
     """SUBSCRIBE's answer: ACK data already encoded (it splices stored events in),
     after which the live events held back during recovery are released."""
@@ -253,15 +264,9 @@ class Connection:
                     await asyncio.shield(prev)
                 _turn.set(mine)
                 await self._execute(frame, op, after=prev_reply)
-            finally:
-                # (cancelled even before its turn: its successors still wait for its predecessor)
-                for before, f in ((prev, mine), (prev_reply, my_reply)):
-                    if f.done():
-                        continue
-                    if before is None or before.done():
-                        f.set_result(None)
-                    else:
-                        before.add_done_callback(lambda _, f=f: f.done() or f.set_result(None))
+            finally:  # (even cancelled before its turn: then its successors wait for its predecessor)
+                _settle_after(prev, mine)
+                _settle_after(prev_reply, my_reply)
 
         task = loop.create_task(run())
         in_flight.add(task)

@@ -174,16 +174,14 @@ class MemoryBroker(Broker):
                 try:
                     results = list(await self.log.append_many([item for item, _, _, _ in batch],
                                                               [r for *_, r in batch if r is not None and not r.done]))
-                except TetherError as exc:
-                    if exc.code != "unavailable":
-                        results = await self._one_by_one(batch)
-                    else:
+                except Exception as exc:
+                    if isinstance(exc, TetherError) and exc.code == "unavailable":
                         # The database is unreachable, maybe mid-COMMIT: whether the batch landed
                         # is unknown, and retrying it could store every event twice. Fail it;
                         # clients retry (with their idempotency keys).
                         results = [exc] * len(batch)
-                except Exception:
-                    results = await self._one_by_one(batch)
+                    else:
+                        results = await self._one_by_one(batch)
                 for (item, exclude, future, _), result in zip(batch, results):
                     if isinstance(result, Exception):
                         if not future.done():

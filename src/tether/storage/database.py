@@ -24,8 +24,8 @@ class Rider:
         self.sql, self.make_args, self.answer, self.done = sql, make_args, answer, False
         self.rerun = False  # the request's writes are safe to repeat (see tether.idempotency.rerun_on_failure)
 
-    def args(self, answer: str | None = None) -> tuple[Any, ...]:
-        return self.make_args(self.answer if answer is None else answer)
+    def args(self) -> tuple[Any, ...]:
+        return self.make_args(self.answer)
 
 
 riding: ContextVar[Rider | None] = ContextVar("tether_rider", default=None)
@@ -48,6 +48,36 @@ class Queries(Protocol):
     async def fetchone(self, sql: str, *args: Any) -> Row | None: ...
 
     async def fetchall(self, sql: str, *args: Any) -> list[Row]: ...
+
+
+class OneStatement:
+    """``execute`` / ``fetchone`` / ``fetchall`` outside a transaction, for both backends.
+
+    A backend gives ``transaction()`` and ``direct()`` (one statement, no transaction).
+    A writing statement made while a request's :class:`Rider` is pending runs in a
+    transaction of its own instead, so the rider commits with it.
+    """
+
+    def transaction(self) -> AsyncContextManager[Queries]:
+        raise NotImplementedError
+
+    def direct(self) -> AsyncContextManager[Queries]:
+        raise NotImplementedError
+
+    def _for(self, sql: str) -> AsyncContextManager[Queries]:
+        return self.transaction() if rider() is not None and is_write(sql) else self.direct()
+
+    async def execute(self, sql: str, *args: Any) -> int:
+        async with self._for(sql) as q:
+            return await q.execute(sql, *args)
+
+    async def fetchone(self, sql: str, *args: Any) -> Row | None:
+        async with self._for(sql) as q:
+            return await q.fetchone(sql, *args)
+
+    async def fetchall(self, sql: str, *args: Any) -> list[Row]:
+        async with self._for(sql) as q:
+            return await q.fetchall(sql, *args)
 
 
 class Database(Queries, Protocol):

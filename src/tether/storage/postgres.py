@@ -21,7 +21,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import asyncpg
 
 from tether.errors import TetherError
-from tether.storage.database import Row, is_write, rider
+from tether.storage.database import OneStatement, Row, is_write, rider
 
 #: One lock id for all Tether DDL (any stable 64-bit number works).
 MIGRATE_LOCK = zlib.crc32(b"tether.migrate")
@@ -73,7 +73,7 @@ def _unavailable(exc: BaseException) -> TetherError:
 
 
 class _Queries:
-    def __init__(self, conn: Any) -> None:
+    def __init__(self, conn: Any) -> None:  # a connection, or the pool (same methods)
         self._conn = conn
         self.changed = 0  # rows written so far: a transaction that wrote nothing carries no rider
 
@@ -95,7 +95,7 @@ class _Queries:
         return rows
 
 
-class PostgresDatabase:
+class PostgresDatabase(OneStatement):
     dialect = "postgresql"
 
     def __init__(self, pool: asyncpg.Pool, schema: str | None) -> None:
@@ -128,31 +128,10 @@ class PostgresDatabase:
         )
         return cls(pool, schema)
 
-    async def execute(self, sql: str, *args: Any) -> int:
-        if rider() is not None and is_write(sql):
-            async with self.transaction() as tx:
-                return await tx.execute(sql, *args)
+    @asynccontextmanager
+    async def direct(self) -> AsyncIterator[_Queries]:
         try:
-            return rowcount(await self._pool.execute(translate(sql), *args))
-        except _UNREACHABLE as exc:
-            raise _unavailable(exc) from exc
-
-    async def fetchone(self, sql: str, *args: Any) -> Row | None:
-        if rider() is not None and is_write(sql):
-            async with self.transaction() as tx:
-                return await tx.fetchone(sql, *args)
-        try:
-            row = await self._pool.fetchrow(translate(sql), *args)
-        except _UNREACHABLE as exc:
-            raise _unavailable(exc) from exc
-        return dict(row) if row is not None else None
-
-    async def fetchall(self, sql: str, *args: Any) -> list[Row]:
-        if rider() is not None and is_write(sql):
-            async with self.transaction() as tx:
-                return await tx.fetchall(sql, *args)
-        try:
-            return [dict(r) for r in await self._pool.fetch(translate(sql), *args)]
+            yield _Queries(self._pool)  # the pool runs each statement on a free connection
         except _UNREACHABLE as exc:
             raise _unavailable(exc) from exc
 

@@ -15,7 +15,7 @@ from typing import Any, AsyncIterator
 
 import aiosqlite
 
-from tether.storage.database import Row, is_write, rider
+from tether.storage.database import OneStatement, Row, is_write, rider
 
 
 class _Queries:
@@ -43,7 +43,7 @@ class _Queries:
         return rows
 
 
-class SQLiteDatabase:
+class SQLiteDatabase(OneStatement):
     dialect = "sqlite"
 
     def __init__(self, conn: aiosqlite.Connection, path: Path | str) -> None:
@@ -60,26 +60,10 @@ class SQLiteDatabase:
             await conn.execute("PRAGMA " + pragma)
         return cls(conn, path)
 
-    async def execute(self, sql: str, *args: Any) -> int:
-        if rider() is not None and is_write(sql):
-            async with self.transaction() as tx:
-                return await tx.execute(sql, *args)
+    @asynccontextmanager
+    async def direct(self) -> AsyncIterator[_Queries]:
         async with self._lock:
-            return await self._q.execute(sql, *args)
-
-    async def fetchone(self, sql: str, *args: Any) -> Row | None:
-        if rider() is not None and is_write(sql):
-            async with self.transaction() as tx:
-                return await tx.fetchone(sql, *args)
-        async with self._lock:
-            return await self._q.fetchone(sql, *args)
-
-    async def fetchall(self, sql: str, *args: Any) -> list[Row]:
-        if rider() is not None and is_write(sql):
-            async with self.transaction() as tx:
-                return await tx.fetchall(sql, *args)
-        async with self._lock:
-            return await self._q.fetchall(sql, *args)
+            yield self._q
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[_Queries]:
