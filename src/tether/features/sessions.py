@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import uuid
 import zlib
-from datetime import datetime, timezone
 from typing import Annotated, Any, Literal, TypeVar
 
 from fastapi import APIRouter, Header, Query
@@ -40,6 +39,7 @@ from tether.core.rest import Caller, NodeDep
 from tether.storage.database import Queries, Row
 from tether.wire.errors import TetherError, forbidden, not_found
 from tether.wire.jsonutil import dumps, loads
+from tether.wire.timestamps import precise_now, wire
 
 SCHEMA = [
     """CREATE TABLE IF NOT EXISTS sessions (
@@ -194,8 +194,8 @@ def validate(model: type[M], data: dict[str, Any]) -> M:
 
 
 def now() -> str:
-    """UTC ISO-8601 with microseconds: sorts as text in time order."""
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    """Stored with microseconds, so rows sort finely as text; sent with milliseconds (``wire``)."""
+    return precise_now()
 
 
 def conflict(message: str, **extra: Any) -> TetherError:
@@ -214,9 +214,9 @@ def session_out(row: Row) -> dict[str, Any]:
         "is_private": bool(row["is_private"]),
         "host_id": row["host_id"],
         "is_active": bool(row["is_active"]),
-        "created_at": row["created_at"],
-        "updated_at": row["updated_at"],
-        "ended_at": row["ended_at"],
+        "created_at": wire(row["created_at"]),
+        "updated_at": wire(row["updated_at"]),
+        "ended_at": wire(row["ended_at"]),
         "version": int(row["version"]),
     }
 
@@ -226,14 +226,14 @@ def participant_out(row: Row, host_id: str) -> dict[str, Any]:
         "user_id": row["user_id"],
         "user_name": row["user_name"],
         "is_host": row["user_id"] == host_id,
-        "joined_at": row["joined_at"],
-        "left_at": row["left_at"],
+        "joined_at": wire(row["joined_at"]),
+        "left_at": wire(row["left_at"]),
     }
 
 
 def message_out(row: Row) -> dict[str, Any]:
-    return {k: row[k] for k in ("id", "session_id", "user_id", "user_name", "message", "message_type", "created_at")} | {
-        "seq": int(row["seq"])
+    return {k: row[k] for k in ("id", "session_id", "user_id", "user_name", "message", "message_type")} | {
+        "seq": int(row["seq"]), "created_at": wire(row["created_at"])
     }
 
 
