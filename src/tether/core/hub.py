@@ -101,6 +101,6 @@ class Hub:
         n = 0
         for conn in tuple(subs):
             if conn.id != exclude:
-                conn.deliver(channel, offset, text)
-                n += 1
-        self.metrics.deliveries.inc(n)
+                n += conn.deliver(channel, offset, text)  # held or already sent: not (yet) a delivery
+        if n:
+            self.metrics.deliveries.inc(n)

@@ -131,7 +131,7 @@ class Node:
         position = await self.broker.publish(
             channel, type, data, history_size=ns.history_size, history_ttl=ns.history_ttl, exclude=exclude
         )
-        self.metrics.publishes.inc()
+        self.metrics.events.inc()
         self.metrics.publish_latency.observe(time.perf_counter() - started)
         return position
 

@@ -190,6 +190,7 @@ class EventsFeature(Feature):
     async def update_progress(self, conn: "Connection", data: dict[str, Any]) -> Any:
         payload = shoot_progress(data)
         position = await self.push(conn.user_id, "SHOOT_PROGRESS", payload, exclude=conn.id)
+        self.node.metrics.publishes.inc()
         return {"shootId": payload["shootId"], "progress": payload["progress"], "offset": position.offset}
 
     async def push(self, user: str, type: str, data: dict[str, Any], *, retain: bool = False, exclude: str | None = None) -> Any:
@@ -222,6 +223,7 @@ class EventsFeature(Feature):
 
             async def run() -> dict[str, Any]:
                 position = await self.push(user_id, etype, data, retain=body.retain)
+                node.metrics.publishes.inc()
                 return {"delivered": await self.connections(user_id), "offset": position.offset}
 
             if idempotency_key:
