@@ -28,6 +28,7 @@ from pydantic import (
     Field,
     StringConstraints,
     ValidationError,
+    create_model,
     field_validator,
 )
 
@@ -150,10 +151,13 @@ class InviteIn(BaseModel):
     user_id: str
 
 
+MAX_MESSAGE = 4000
+
+
 class MessageIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    message: Annotated[str, StringConstraints(min_length=1, max_length=4000)]
-    message_type: Literal["text", "prayer", "scripture"] = "text"
+    message: Annotated[str, StringConstraints(min_length=1, max_length=MAX_MESSAGE)]
+    message_type: Literal["text", "prayer", "scripture"] = "text"  # the default types; see message_model
     user_id: str | None = None
 
     @field_validator("message")
@@ -162,6 +166,14 @@ class MessageIn(BaseModel):
         if not v.strip():
             raise ValueError("must not be blank")
         return v
+
+
+def message_model(types: tuple[str, ...]) -> type[MessageIn]:
+    """MessageIn for the configured chat message types (``--message-types``); the default is
+    ``text`` when configured, else the first type."""
+    default = "text" if "text" in types else types[0]
+    return create_model("MessageIn", __base__=MessageIn,  # type: ignore[no-any-return, call-overload]
+                        message_type=(Literal[types], Field(default, description="one of: " + ", ".join(types))))
 
 
 class ListQuery(BaseModel):
@@ -616,6 +628,7 @@ class SessionsFeature(Feature):
     def __init__(self, node: Any) -> None:
         super().__init__(node)
         self.domain = Sessions(node)
+        self.message_in = message_model(node.settings.chat_message_types())
 
     async def start(self) -> None:
         await self.node.db.migrate(SCHEMA)
@@ -651,7 +664,7 @@ class SessionsFeature(Feature):
             "SESSION_LEAVE": op(d.leave, LeaveIn),
             "SESSION_INVITE": op(d.invite, InviteIn),
             "SESSION_PARTICIPANTS": op(d.participants),
-            "SESSION_MESSAGE": op(d.post, MessageIn),
+            "SESSION_MESSAGE": op(d.post, self.message_in),
             "SESSION_MESSAGES": op(d.messages, MessagesQuery),
         }
 
@@ -711,10 +724,12 @@ class SessionsFeature(Feature):
         async def participants(session_id: str, who: Caller) -> dict[str, Any]:
             return await d.participants(who, session_id)
 
-        @router.post("/{session_id}/messages", status_code=201)
         async def post(session_id: str, body: MessageIn, node: NodeDep, who: Caller,
                        idempotency_key: str | None = Header(None)) -> dict[str, Any]:
             return await once(node, who, idempotency_key, lambda: d.post(who, session_id, body))  # type: ignore[no-any-return]
+
+        post.__annotations__["body"] = self.message_in  # this node's message types, in validation and OpenAPI
+        router.post("/{session_id}/messages", status_code=201)(post)
 
         @router.get("/{session_id}/messages")
         async def messages(session_id: str, who: Caller, before: int | None = Query(None), after: int | None = Query(None),
