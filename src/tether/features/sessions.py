@@ -92,6 +92,13 @@ SCHEMA = [
         created_at TEXT NOT NULL,
         PRIMARY KEY (session_id, seq)
     )""",
+    # The message a stream became: its primary key is what makes a stream stored once.
+    """CREATE TABLE IF NOT EXISTS session_stream_messages (
+        stream_id TEXT PRIMARY KEY,
+        session_id TEXT NOT NULL,
+        seq BIGINT NOT NULL
+    )""",
+    "CREATE INDEX IF NOT EXISTS session_stream_messages_seq ON session_stream_messages (session_id, seq)",
 ]
 
 Title = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
@@ -245,7 +252,7 @@ def participant_out(row: Row, host_id: str) -> dict[str, Any]:
 
 def message_out(row: Row) -> dict[str, Any]:
     return {k: row[k] for k in ("id", "session_id", "user_id", "user_name", "message", "message_type")} | {
-        "seq": int(row["seq"]), "created_at": wire(row["created_at"])
+        "seq": int(row["seq"]), "created_at": wire(row["created_at"]), "stream_id": row.get("stream_id"),
     }
 
 
@@ -300,15 +307,19 @@ class Sessions:
     async def _system(self, q: Queries, sid: str, text: str) -> dict[str, Any]:
         return await self._insert_message(q, sid, None, "System", text, "system")
 
-    async def _insert_message(self, q: Queries, sid: str, user: str | None, name: str, text: str, kind: str) -> dict[str, Any]:
+    async def _insert_message(self, q: Queries, sid: str, user: str | None, name: str, text: str, kind: str,
+                              stream_id: str | None = None) -> dict[str, Any]:
         row = await q.fetchone("UPDATE sessions SET message_seq = message_seq + 1 WHERE id = ? RETURNING message_seq", sid)
         assert row is not None
         msg = {"id": str(uuid.uuid4()), "session_id": sid, "seq": int(row["message_seq"]), "user_id": user,
-               "user_name": name, "message": text, "message_type": kind, "created_at": now()}
+               "user_name": name, "message": text, "message_type": kind, "created_at": now(), "stream_id": stream_id}
         await q.execute(
             """INSERT INTO session_messages (session_id, seq, id, user_id, user_name, message, message_type, created_at)
                VALUES (?, ?, ?, ?, ?, ?, ?, ?)""",
             sid, msg["seq"], msg["id"], user, name, text, kind, msg["created_at"])
+        if stream_id is not None:
+            await q.execute("INSERT INTO session_stream_messages (stream_id, session_id, seq) VALUES (?, ?, ?)",
+                            stream_id, sid, msg["seq"])
         return message_out(msg)
 
     async def _publish_session(self, type: str, session: dict[str, Any], *, browse: bool = True) -> None:
@@ -585,21 +596,56 @@ class Sessions:
             await self.node.publish(f"sessions.{sid}", "MESSAGE_CREATED", message)
         return message
 
+    async def stream_author(self, who: Identity, sid: str, user_id: str | None) -> tuple[str, str]:
+        """Who a stream into the chat is from: a present participant (or a backend with the API key,
+        for a participant or, naming nobody, as the server itself): ``(user_id, user_name)``."""
+        user = self.actor(who, user_id)
+        acc = await self._access(self.node.db, who, sid, user)
+        if not acc.session["is_active"]:
+            raise conflict("this session has ended")
+        if who.is_server and user_id is None:
+            return user, "Server"
+        if not acc.present:
+            raise forbidden("only participants stream into this session: join it first")
+        return user, acc.part["user_name"]  # type: ignore[index]
+
+    async def post_stream(self, who: Identity, sid: str, stream_id: str, text: str, meta: dict[str, Any]) -> dict[str, Any]:
+        """A finished stream as one chat message (once per stream: a repeat returns the stored one)."""
+        async with self._lock(sid):
+            async with self.node.db.transaction() as tx:
+                done = await tx.fetchone(
+                    """SELECT m.*, x.stream_id FROM session_stream_messages x JOIN session_messages m
+                       ON m.session_id = x.session_id AND m.seq = x.seq WHERE x.stream_id = ?""", stream_id)
+                if done is not None:
+                    return message_out(done)
+                author = meta["user_id"]
+                acc = await self._access(tx, who, sid, author)
+                if not acc.session["is_active"]:
+                    raise conflict("this session has ended")
+                if not (acc.present or (who.is_server and author == who.user_id)):
+                    raise forbidden("only participants post in this session: the stream's writer left it")
+                message = await self._insert_message(tx, sid, author, meta["user_name"], text, meta["message_type"],
+                                                     stream_id)
+            await self.node.publish(f"sessions.{sid}", "MESSAGE_CREATED", message)
+        return message
+
     async def messages(self, who: Identity, sid: str, query: MessagesQuery) -> dict[str, Any]:
         """A page of messages, oldest first, by ``seq`` cursor: newest page, ``before`` (older) or ``after`` (newer)."""
         acc = await self._access(self.node.db, who, sid)
         if not acc.reader:
             raise forbidden("only participants read this session's chat: join it first")
-        where, args = ["session_id = ?"], [sid]
+        where, args = ["m.session_id = ?"], [sid]
         if query.after is not None:
-            where.append("seq > ?")
+            where.append("m.seq > ?")
             args.append(query.after)
         if query.before is not None:
-            where.append("seq < ?")
+            where.append("m.seq < ?")
             args.append(query.before)
         order = "ASC" if query.after is not None else "DESC"
         rows = await self.node.db.fetchall(
-            f"SELECT * FROM session_messages WHERE {' AND '.join(where)} ORDER BY seq {order} LIMIT ?",
+            f"""SELECT m.*, x.stream_id FROM session_messages m
+                LEFT JOIN session_stream_messages x ON x.session_id = m.session_id AND x.seq = m.seq
+                WHERE {' AND '.join(where)} ORDER BY m.seq {order} LIMIT ?""",
             *args, query.limit + 1)
         more = len(rows) > query.limit
         rows = rows[: query.limit]
@@ -622,13 +668,52 @@ def _sid(data: dict[str, Any]) -> str:
     return sid
 
 
+class ChatStreams:
+    """The sink of ``sessions.{id}`` streams (see tether.core.sinks): participants (or the API key)
+    stream a message into the chat; the finished text is stored once as a chat message."""
+
+    max_chars = MAX_MESSAGE
+
+    def __init__(self, domain: Sessions, types: tuple[str, ...]) -> None:
+        self.domain, self.types = domain, types
+        self.default = "text" if "text" in types else types[0]
+
+    async def accept(self, who: Identity, channel: str, meta: dict[str, Any]) -> dict[str, Any]:
+        extra = set(meta) - {"message_type", "user_id"}
+        if extra:
+            raise TetherError("bad_request", f"data.{sorted(extra)[0]}: not a field of a chat stream "
+                              "(message_type, user_id)", status=422, field=f"data.{sorted(extra)[0]}")
+        kind = meta.get("message_type", self.default)
+        if kind not in self.types:
+            raise TetherError("bad_request", f"data.message_type: must be one of {', '.join(self.types)}",
+                              status=422, field="data.message_type")
+        user_id = meta.get("user_id")
+        if user_id is not None and not isinstance(user_id, str):
+            raise TetherError("bad_request", "data.user_id: a user id string", status=422, field="data.user_id")
+        user, name = await self.domain.stream_author(who, channel.split(".", 1)[1], user_id)
+        return {"message_type": kind, "user_id": user, "user_name": name}
+
+    def check(self, content: str) -> None:
+        if not content.strip():
+            raise TetherError("bad_request", "content: a stream into a chat must end with text (it is blank)",
+                              status=422, field="content")
+        if len(content) > self.max_chars:
+            raise TetherError("too_large", f"content: a chat message holds at most {self.max_chars} characters",
+                              field="content")
+
+    async def store(self, who: Identity, channel: str, stream_id: str, content: str, meta: dict[str, Any]) -> Any:
+        return await self.domain.post_stream(who, channel.split(".", 1)[1], stream_id, content, meta)
+
+
 class SessionsFeature(Feature):
     name = "sessions"
 
     def __init__(self, node: Any) -> None:
         super().__init__(node)
         self.domain = Sessions(node)
-        self.message_in = message_model(node.settings.chat_message_types())
+        types = node.settings.chat_message_types()
+        self.message_in = message_model(types)
+        node.stream_sinks.register("sessions.*", ChatStreams(self.domain, types))
 
     async def start(self) -> None:
         await self.node.db.migrate(SCHEMA)
