@@ -399,8 +399,9 @@ class LocksFeature(Feature):
         async def may_watch(who: Identity, channel: str) -> None:
             self.may_see(who, channel[len(PREFIX):])
 
-        s = self.node.settings
-        return [Namespace(f"{PREFIX}*", may_watch, "none", s.history_size, s.history_ttl,
+        # A lock's events are state changes (the current state is one LOCK_STATUS away): a short history
+        # is enough to recover a brief disconnect, as for presence.
+        return [Namespace(f"{PREFIX}*", may_watch, "none", 100, 600.0,
                           "a lock's changes: LOCK_ACQUIRED, LOCK_EXTENDED, LOCK_RELEASED, LOCK_EXPIRED")]
 
     def may_see(self, who: Identity, key: str) -> None:
