@@ -105,6 +105,8 @@ async def test_every_rest_answer_and_event_writes_one_timestamp_format(server: S
         await bob.post(f"/api/sessions/{sid}/join", json={"user_name": "Bob"})
         await bob_ws.request("SUBSCRIBE", {"channel": f"sessions.{sid}"})
         await bob.post(f"/api/sessions/{sid}/messages", json={"message": "hello", "message_type": "prayer"})
+        streamed = await bob_ws.request("STREAM_START", {"channel": f"sessions.{sid}"})  # a message streamed in
+        await bob_ws.request("STREAM_END", {"stream_id": streamed["stream_id"], "content": "streamed"})
         await alice.patch(f"/api/sessions/{sid}", json={"title": "Evening prayer"})
         await alice.get("/api/sessions")
         await alice.get(f"/api/sessions/{sid}")
