@@ -29,9 +29,12 @@ async def test_an_expired_grant_is_claimed_once_by_racing_sweepers(store: LockSt
 
 async def test_a_grant_over_an_expired_lock_claims_its_expiry(store: LockStore) -> None:  # noqa: F811
     fencing = await expire(store, "k2", "alice")
-    lock, ended = await store.grant("k2", "bob", 30)
-    assert lock is not None and lock.holder == "bob" and lock.fencing_token > fencing
-    assert [(e.holder, e.fencing_token) for e in ended] == [("alice", fencing)]
+    got = await store.grant("k2", "bob", 30)
+    assert got.lock is not None and got.lock.holder == "bob" and got.lock.fencing_token > fencing
+    assert [(e.holder, e.fencing_token) for e in got.ended] == [("alice", fencing)]
+    refused = await store.grant("k2", "carol", 30)  # a refusal names the live lock
+    assert refused.lock is None and refused.ended == []
+    assert refused.holder is not None and (refused.holder.holder, refused.holder.fencing_token) == ("bob", got.lock.fencing_token)
     assert await store.expired(time.time() + 0.01) == []  # announced by the grant: not again by a sweep
 
 

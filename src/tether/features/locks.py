@@ -61,10 +61,20 @@ class Lock:
     key: str = ""
 
 
+@dataclass(frozen=True)
+class Grant:
+    """What an acquire did: the grant (or None: refused), the expired grants of the key it
+    claimed on the way (to announce), and on a refusal the live lock that refused it."""
+
+    lock: Lock | None
+    ended: list[Lock]
+    holder: Lock | None = None
+
+
 class LockStore(ABC):
-    @abstractmethod
     async def acquire(self, key: str, holder: str, ttl: float) -> Lock | None:
         """Grant the lock unless a live one exists; a grant gets the next fencing token."""
+        return (await self.grant(key, holder, ttl)).lock
 
     @abstractmethod
     async def extend(self, key: str, token: str, ttl: float) -> Lock | None:
@@ -78,8 +88,8 @@ class LockStore(ABC):
         """Release the lock if ``token`` is the live lock's token; the released grant, or None."""
 
     @abstractmethod
-    async def grant(self, key: str, holder: str, ttl: float) -> tuple[Lock | None, list[Lock]]:
-        """Like :meth:`acquire`, plus the grants of ``key`` that expired unannounced (now claimed)."""
+    async def grant(self, key: str, holder: str, ttl: float) -> Grant:
+        """Acquire, claiming on the way an expired grant of ``key`` not yet announced."""
 
     @abstractmethod
     async def expired(self, now: float, limit: int = 100) -> list[Lock]:
@@ -123,35 +133,49 @@ class SqlLockStore(LockStore):
     async def start(self) -> None:
         await self.db.migrate(SCHEMA)
 
-    async def acquire(self, key: str, holder: str, ttl: float, now: float | None = None) -> Lock | None:
-        now, token = now or time.time(), new_token()
+    async def _take(self, key: str, holder: str, ttl: float, now: float) -> Lock | None:
+        """Grant a free key (no row, or a row without a token: released, or an expiry already claimed)."""
+        token = new_token()
         rows = await self.db.fetchall(
             "INSERT INTO tether_locks (lock_key, fencing, token, holder, expires_at) VALUES (?, 1, ?, ?, ?) "
             "ON CONFLICT (lock_key) DO UPDATE SET fencing = tether_locks.fencing + 1, token = excluded.token, "
             "holder = excluded.holder, expires_at = excluded.expires_at "
-            "WHERE tether_locks.token IS NULL OR tether_locks.expires_at <= ? RETURNING fencing",
-            key, token, holder, now + ttl, now,
+            "WHERE tether_locks.token IS NULL RETURNING fencing",
+            key, token, holder, now + ttl,
         )  # fetchall, not fetchone: SQLite commits a RETURNING statement only once it is stepped to the end
         return Lock(token, holder, int(rows[0]["fencing"]), now + ttl, key) if rows else None
 
-    async def grant(self, key: str, holder: str, ttl: float) -> tuple[Lock | None, list[Lock]]:
-        # One ``now`` for both: a grant the claim saw alive cannot be taken over unannounced.
-        now = time.time()
-        ended = await self._claim(now, key)
-        return await self.acquire(key, holder, ttl, now), ended
+    async def grant(self, key: str, holder: str, ttl: float) -> Grant:
+        """One statement when the key is free; when it is not, one read says who holds it, or that
+        its grant expired: then claim that expiry (to announce it) and take the key."""
+        now, ended = time.time(), []
+        for _ in range(3):  # a racing release or claim may free the key between the two statements
+            lock = await self._take(key, holder, ttl, now)
+            if lock is not None:
+                return Grant(lock, ended)
+            row = await self.db.fetchone(
+                "SELECT token, holder, fencing, expires_at FROM tether_locks WHERE lock_key = ?", key)
+            if row is None or row["token"] is None:
+                continue
+            live = Lock(row["token"], row["holder"], int(row["fencing"]), float(row["expires_at"]), key)
+            if live.expires_at > now:
+                return Grant(None, ended, live)
+            if await self._claim(key, live.fencing_token):
+                ended.append(Lock("", live.holder, live.fencing_token, live.expires_at, key))
+        return Grant(None, ended)
+
+    async def _claim(self, key: str, fencing: int) -> bool:
+        """End an expired grant; the conditional write decides which caller (node) announces it."""
+        return await self.db.execute("UPDATE tether_locks SET token = NULL WHERE lock_key = ? AND fencing = ? "
+                                     "AND token IS NOT NULL", key, fencing) > 0
 
     async def expired(self, now: float, limit: int = 100) -> list[Lock]:
-        return await self._claim(now, None, limit)
-
-    async def _claim(self, now: float, key: str | None, limit: int = 100) -> list[Lock]:
-        where = "token IS NOT NULL AND expires_at <= ?" + (" AND lock_key = ?" if key is not None else "")
         rows = await self.db.fetchall(
-            f"SELECT lock_key, fencing, holder, expires_at FROM tether_locks WHERE {where} LIMIT {int(limit)}",
-            now, *([key] if key is not None else []))
+            "SELECT lock_key, fencing, holder, expires_at FROM tether_locks WHERE token IS NOT NULL "
+            f"AND expires_at <= ? LIMIT {int(limit)}", now)
         out = []
-        for r in rows:  # the conditional write decides which node announces it
-            if await self.db.execute("UPDATE tether_locks SET token = NULL WHERE lock_key = ? AND fencing = ? "
-                                     "AND token IS NOT NULL", r["lock_key"], r["fencing"]):
+        for r in rows:
+            if await self._claim(r["lock_key"], int(r["fencing"])):
                 out.append(Lock("", r["holder"], int(r["fencing"]), float(r["expires_at"]), r["lock_key"]))
         return out
 
@@ -192,10 +216,13 @@ class SqlLockStore(LockStore):
 # Beside each lock hash (which Redis expires itself), the hash ``locks:info`` keeps key -> "fencing\nholder\nexpires_at"
 # of every grant not yet known to have ended, so an expiry can still be announced after Redis dropped the lock.
 # KEYS: lock hash, fencing counter, held zset, info hash. ARGV: token, holder, ttl ms, expires_at, key, floor ("" = none).
-# -> {0} held by someone, {-1} the counter is gone and needs a floor, {1, fencing, previous grant's info or ""}
-# (a previous grant still in info expired unannounced: the caller announces it).
+# -> {0, holder, expires_at} held, {-1} the counter is gone and needs a floor, {1, fencing, previous grant's
+# info or ""} (a previous grant still in info expired unannounced: the caller announces it).
 _ACQUIRE = """
-if redis.call('EXISTS', KEYS[1]) == 1 then return {0} end
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  return {0, redis.call('HGET', KEYS[1], 'holder'), redis.call('HGET', KEYS[1], 'expires_at'),
+          redis.call('HGET', KEYS[1], 'fencing')}
+end
 local counter = redis.call('GET', KEYS[2])
 if ARGV[6] == '' then
   if not counter then return {-1} end
@@ -256,10 +283,7 @@ class RedisLockStore(LockStore):
     async def start(self) -> None:
         await self.db.migrate(SCHEMA)
 
-    async def acquire(self, key: str, holder: str, ttl: float) -> Lock | None:
-        return (await self.grant(key, holder, ttl))[0]
-
-    async def grant(self, key: str, holder: str, ttl: float) -> tuple[Lock | None, list[Lock]]:
+    async def grant(self, key: str, holder: str, ttl: float) -> Grant:
         token, expires = new_token(), time.time() + ttl
         keys = [self._k(key), f"{self.prefix}lockfence:{key}", self._held, self._info]
         args = [token, holder, int(ttl * 1000), repr(expires), key, ""]
@@ -268,7 +292,8 @@ class RedisLockStore(LockStore):
             args[5] = str(await self._floor(key))
             result = await self._acquire(keys=keys, args=args)
         if int(result[0]) != 1:
-            return None, []
+            live = Lock("", _text(result[1]), int(result[3]), float(result[2]), key) if len(result) == 4 else None
+            return Grant(None, [], live)
         fencing = int(result[1])
         ended = [_info(key, result[2])] if _text(result[2]) else []
         # Record the grant durably before anyone learns of it, so a re-seeded counter starts above it.
@@ -278,7 +303,7 @@ class RedisLockStore(LockStore):
             "THEN excluded.fencing ELSE tether_lock_fencing.fencing END",
             key, fencing,
         )
-        return Lock(token, holder, fencing, expires, key), ended
+        return Grant(Lock(token, holder, fencing, expires, key), ended)
 
     async def expired(self, now: float, limit: int = 100) -> list[Lock]:
         out = []
@@ -455,18 +480,14 @@ class LocksFeature(Feature):
 
     async def acquire(self, who: Identity, key: str, ttl: int) -> dict[str, Any]:
         check_key(key)
-        for _ in range(3):  # a refused acquire reads the holder; if it is gone by then, try again
-            async with self._lock(key):
-                lock, ended = await self.store.grant(key, who.user_id, ttl)
-                for old in ended:
-                    await self._announce("LOCK_EXPIRED", old)
-                if lock is not None:
-                    await self._announce("LOCK_ACQUIRED", lock)
-                    return granted(lock)
-            holder = await self.store.status(key)
-            if holder is not None:
-                return refused(holder)
-        return refused(None)
+        async with self._lock(key):
+            result = await self.store.grant(key, who.user_id, ttl)
+            for old in result.ended:  # the grant it took over expired unannounced: that comes first
+                await self._announce("LOCK_EXPIRED", old)
+            if result.lock is not None:
+                await self._announce("LOCK_ACQUIRED", result.lock)
+                return granted(result.lock)
+        return refused(result.holder)
 
     async def extend(self, key: str, token: str, ttl: int) -> dict[str, Any]:
         check_key(key)
