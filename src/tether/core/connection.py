@@ -21,6 +21,7 @@ from tether.broker.base import Broker
 from tether.core.auth import Identity
 from tether.core.config import Settings
 from tether.core.hub import Hub
+from tether.core import idempotency
 from tether.core.idempotency import Idempotency
 from tether.core.metrics import Metrics
 from tether.core.namespaces import Namespaces
@@ -50,6 +51,10 @@ class Host(Protocol):
 
 ABUSE_ERRORS = 20  # this many refused frames …
 ABUSE_WINDOW = 10.0  # … within this many seconds close the connection
+
+# Requests never answered from an idempotency record: SUBSCRIBE is no write (its answer, a live
+# recovery, must not be replayed) and REFRESH changes only this connection.
+UNRECORDED = frozenset({"SUBSCRIBE", "REFRESH"})
 
 # Requests a connection may have in flight at once; all others are handled one at a time.
 PIPELINED = frozenset({"PUBLISH"})
@@ -309,10 +314,10 @@ class Connection:
             key = data.get("idempotency_key")
             # SUBSCRIBE is no write (repeating it is harmless) and its answer, a live recovery
             # that releases held events, must never be replayed from a stored record.
-            if key is not None and frame.type != "SUBSCRIBE":
-                # Scoped per request type: a key reused for another kind of write is a new write.
+            if key is not None and frame.type not in UNRECORDED:
+                # Scoped per caller kind and request type: a key reused for another kind of write is a new write.
                 outcome = await self.node.idempotency.run(
-                    f"{self.user_id}:ws:{frame.type}", key, lambda: op(self, data))
+                    idempotency.scope(self.identity, f"ws:{frame.type}"), key, lambda: op(self, data))
             else:
                 outcome = await op(self, data)
         except TetherError as exc:

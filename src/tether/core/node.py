@@ -16,6 +16,7 @@ from typing import Any, Awaitable, Callable
 from fastapi import APIRouter
 
 from tether.broker.base import Broker, Position
+from tether.core.access import AccessWatch, expires
 from tether.core.auth import Authenticator
 from tether.core.config import Settings
 from tether.core.connection import Connection, Op, TokenBucket, pass_turn
@@ -26,7 +27,7 @@ from tether.core.namespaces import Namespace, Namespaces, builtin, load_override
 from tether.storage import open_database
 from tether.storage.database import Database
 from tether.wire import protocol
-from tether.wire.protocol import CLOSE_SHUTDOWN, CLOSE_TIMEOUT
+from tether.wire.protocol import CLOSE_SHUTDOWN, CLOSE_TIMEOUT, CLOSE_TOKEN_EXPIRED
 
 log = logging.getLogger("tether.node")
 
@@ -60,6 +61,7 @@ class Node:
         self.count_user_connections: Callable[[str], Awaitable[int]] = self._local_connections
         self.ops: dict[str, Op] = {}
         self.features = [cls(self) for cls in features]
+        self.access = AccessWatch(self)  # live re-checks of subscriptions, REFRESH
         self._user_buckets: dict[str, TokenBucket] = {}
         self._keepalive_task: asyncio.Task[None] | None = None
         self.started = False
@@ -88,6 +90,9 @@ class Node:
         await self.idempotency.start()
         if s.channels_file:
             self.namespaces.add(*load_overrides(s.channels_file))
+        self.namespaces.add(*self.access.namespaces())
+        self.ops["REFRESH"] = self.access.refresh
+        await self.access.start()
         for f in self.features:
             self.namespaces.add(*f.namespaces())
             self.ops.update(f.ops())
@@ -147,6 +152,7 @@ class Node:
             "connectionId": conn.id,
             "serverTime": protocol.now_ms(),
             "pingInterval": self.settings.ping_interval,
+            "expiresAt": expires(conn.identity.expires_at),  # send REFRESH before; closed with 4003 after
         }))
         own = f"users.{conn.user_id}"
         conn.channels.add(own)
@@ -191,9 +197,12 @@ class Node:
         tick = min(1.0, interval / 4)
         while True:
             await asyncio.sleep(tick)
-            now = time.monotonic()
+            now, wall = time.monotonic(), time.time()
             for conn in list(self.connections.values()):
-                if now - conn.last_seen > 2 * interval:
+                exp = conn.identity.expires_at
+                if exp is not None and wall >= exp:
+                    conn.close(CLOSE_TOKEN_EXPIRED, "token_expired: send REFRESH with a fresh token before exp; reconnect with one")
+                elif now - conn.last_seen > 2 * interval:
                     conn.close(CLOSE_TIMEOUT, f"no frame for {2 * interval:g} s: the link looks dead")
                 elif now - conn.last_ping >= interval:
                     conn.last_ping = now
