@@ -254,3 +254,13 @@ async def test_client_refreshes_before_expiry_and_reconnects_after_4003(jwt_serv
                      and client.state == "connected", timeout=30)
     assert "reconnecting" in closes and client.state == "connected"
     await client.close()
+
+
+def test_api_key_and_a_user_named_server_never_share_records() -> None:
+    """Besides refusing the reserved id at auth, records are kept apart by caller kind."""
+    from tether.core.auth import Identity
+    from tether.core.idempotency import scope
+
+    api, user = Identity("server", "server", is_server=True), Identity("server", "server")
+    assert scope(api, "rest:POST c") != scope(user, "rest:POST c")
+    assert scope(user, "rest:POST c") != scope(user, "rest:PUT c/d")
