@@ -75,6 +75,15 @@ async def test_idempotency_is_per_caller_kind_and_operation(jwt_server: ServerPr
         assert other.status_code == 201 and other.json()["id"] == "elsewhere"
         again = await alice.put(docs(c, "by-alice"), json={"data": {"v": 4}}, headers=key)
         assert again.json()["version"] == 2  # a real retry still gets the first answer
+        assert (await alice.post(docs(c), json={"id": "second", "data": {}})).status_code == 201
+    ws = await WsClient.connect(jwt_server, tok("alice"))
+    k = unique("k")
+    first = await ws.request("DOCUMENT_UPDATE", {"collection": c, "id": "by-alice", "data": {"w": 1}, "idempotency_key": k})
+    other = await ws.request("DOCUMENT_UPDATE", {"collection": c, "id": "second", "data": {"w": 2}, "idempotency_key": k})
+    assert other["id"] == "second" and other["data"] == {"w": 2}
+    retry = await ws.request("DOCUMENT_UPDATE", {"collection": c, "id": "by-alice", "data": {"w": 9}, "idempotency_key": k})
+    assert retry == first
+    await ws.close()
 
 
 # -- history outlives access ---------------------------------------------------------------

@@ -317,7 +317,7 @@ class Connection:
             if key is not None and frame.type not in UNRECORDED:
                 # Scoped per caller kind and request type: a key reused for another kind of write is a new write.
                 outcome = await self.node.idempotency.run(
-                    idempotency.scope(self.identity, f"ws:{frame.type}"), key, lambda: op(self, data))
+                    idempotency.scope(self.identity, _operation(frame.type, data)), key, lambda: op(self, data))
             else:
                 outcome = await op(self, data)
         except TetherError as exc:
@@ -421,6 +421,13 @@ class Connection:
         if channel in self.channels:
             self.drop(channel)
             await self.node.hub.remove(self, channel)
+
+
+def _operation(type: str, data: dict[str, Any]) -> str:
+    """What a keyed request does, for its idempotency scope: its type and the resource it names
+    (the same key on another document, session, channel or lock is another write)."""
+    target = [str(data[k]) for k in ("channel", "collection", "id", "session_id", "key", "stream_id") if k in data]
+    return f"ws:{type}:" + "/".join(target)
 
 
 def _parse_since(since: Any) -> tuple[int | None, str | None]:
