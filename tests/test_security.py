@@ -273,3 +273,16 @@ def test_api_key_and_a_user_named_server_never_share_records() -> None:
     api, user = Identity("server", "server", is_server=True), Identity("server", "server")
     assert scope(api, "rest:POST c") != scope(user, "rest:POST c")
     assert scope(user, "rest:POST c") != scope(user, "rest:PUT c/d")
+
+
+async def test_a_stream_writer_who_lost_the_right_stops_writing(jwt_server: ServerProcess) -> None:
+    w = await WsClient.connect(jwt_server, tok("dora", roles=("admin",)))
+    sid = (await w.request("STREAM_START", {"channel": "admin"}))["stream_id"]
+    await w.request("STREAM_DELTA", {"stream_id": sid, "delta": "while admin"})
+    await w.request("REFRESH", {"token": tok("dora")})  # no admin role any more
+    with pytest.raises(RequestFailed) as err:
+        await w.request("STREAM_DELTA", {"stream_id": sid, "delta": "after"})
+    assert err.value.code == "forbidden"
+    with pytest.raises(RequestFailed):
+        await w.request("STREAM_END", {"stream_id": sid})
+    await w.close()
