@@ -52,6 +52,10 @@ class AccessWatch:
     async def start(self) -> None:
         await self.node.hub.add(self, CHANNEL)  # type: ignore[arg-type]
 
+    def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+
     async def recheck(self, channels: Iterable[str], users: Iterable[str] | None = None) -> None:
         """Re-check, on every node, the subscribers of ``channels`` (only ``users``' when given)."""
         await self.node.publish(CHANNEL, "RECHECK", {

@@ -18,10 +18,10 @@ from collections import deque
 from typing import Any, AsyncIterator, Awaitable, Callable, Protocol
 
 from tether.broker.base import Broker
+from tether.core import idempotency
 from tether.core.auth import Identity
 from tether.core.config import Settings
 from tether.core.hub import Hub
-from tether.core import idempotency
 from tether.core.idempotency import Idempotency
 from tether.core.metrics import Metrics
 from tether.core.namespaces import Namespaces
@@ -312,10 +312,8 @@ class Connection:
             if frame.channel is not None and "channel" not in data:
                 data = {**data, "channel": frame.channel}
             key = data.get("idempotency_key")
-            # SUBSCRIBE is no write (repeating it is harmless) and its answer, a live recovery
-            # that releases held events, must never be replayed from a stored record.
             if key is not None and frame.type not in UNRECORDED:
-                # Scoped per caller kind and request type: a key reused for another kind of write is a new write.
+                # Scoped per caller kind, request type and resource: a key reused for another write is a new write.
                 outcome = await self.node.idempotency.run(
                     idempotency.scope(self.identity, _operation(frame.type, data)), key, lambda: op(self, data))
             else:

@@ -114,6 +114,7 @@ class Node:
             await asyncio.sleep(0.05)
         for f in reversed(self.features):
             await f.stop()
+        self.access.stop()
         await self.broker.close()
         await self.db.close()
         if self.redis is not None:
