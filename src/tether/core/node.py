@@ -38,7 +38,7 @@ async def open_broker(settings: Settings, db: Database) -> Broker:
         return await RedisBroker.open(settings.redis_url, settings.redis_prefix)
     from tether.broker.memory import MemoryBroker
 
-    return MemoryBroker(db)
+    return MemoryBroker(db, sweep_every=settings.history_sweep, legacy_ttl=settings.history_ttl)
 
 
 class Node:
