@@ -191,13 +191,16 @@ class Node:
         tick = min(1.0, interval / 4)
         while True:
             await asyncio.sleep(tick)
-            now = time.monotonic()
-            for conn in list(self.connections.values()):
-                if now - conn.last_seen > 2 * interval:
-                    conn.close(CLOSE_TIMEOUT, f"no frame for {2 * interval:g} s: the link looks dead")
-                elif now - conn.last_ping >= interval:
-                    conn.last_ping = now
-                    conn.send(protocol.ping())
+            self._check_links(interval)  # a call, so no connection stays referenced from this frame while it sleeps
+
+    def _check_links(self, interval: float) -> None:
+        now = time.monotonic()
+        for conn in list(self.connections.values()):
+            if now - conn.last_seen > 2 * interval:
+                conn.close(CLOSE_TIMEOUT, f"no frame for {2 * interval:g} s: the link looks dead")
+            elif now - conn.last_ping >= interval:
+                conn.last_ping = now
+                conn.send(protocol.ping())
 
 
 # What a feature plugs into a node: channel namespaces, WebSocket ops, REST routes, hooks.
