@@ -77,9 +77,9 @@ class Node:
         s = self.settings
         self.db = await open_database(s.database_url, s.data_dir)
         if s.redis_url:
-            import redis.asyncio
+            from tether.broker.redis import open_client
 
-            self.redis = redis.asyncio.from_url(s.redis_url)
+            self.redis = open_client(s.redis_url, socket_timeout=5, socket_connect_timeout=2)
         self.broker = await open_broker(s, self.db)
         self.hub = Hub(self.broker, self.metrics)
         self.broker.on_lost = self.hub.lost

@@ -29,6 +29,7 @@ from typing import Any
 from fastapi import APIRouter, Body
 from pydantic import BaseModel, Field
 
+from tether.broker.redis import LOST_REPLY
 from tether.core.auth import Identity
 from tether.core.connection import Connection, Op
 from tether.core.node import Feature
@@ -145,9 +146,15 @@ class SqlLockStore(LockStore):
 # -- Redis ------------------------------------------------------------------------
 
 # KEYS: lock hash, fencing counter, held zset. ARGV: token, holder, ttl ms, expires_at, key, floor ("" = none).
-# -> {0} held by someone, {-1} the counter is gone and needs a floor, {1, fencing}.
+# -> {0} held by someone, {-1} the counter is gone and needs a floor, {1, fencing}. Idempotent by
+# token: a call repeated after its reply was lost gets the grant it made.
 _ACQUIRE = """
-if redis.call('EXISTS', KEYS[1]) == 1 then return {0} end
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  if redis.call('HGET', KEYS[1], 'token') == ARGV[1] then  -- a repeat of a call that granted it
+    return {1, tonumber(redis.call('HGET', KEYS[1], 'fencing'))}
+  end
+  return {0}
+end
 local counter = redis.call('GET', KEYS[2])
 if ARGV[6] == '' then
   if not counter then return {-1} end
@@ -191,14 +198,25 @@ class RedisLockStore(LockStore):
     async def start(self) -> None:
         await self.db.migrate(SCHEMA)
 
+    async def _call(self, script: Any, keys: list[str], args: list[Any], *, repeatable: bool) -> Any:
+        """One script call. The client never re-sends by itself (broker.redis.open_client): a
+        lost reply is repeated here once when the script is idempotent, else "unavailable"."""
+        for attempt in (1, 2):
+            try:
+                return await script(keys=keys, args=args)
+            except LOST_REPLY as exc:
+                if not repeatable or attempt == 2:
+                    raise TetherError("unavailable", f"Redis did not answer ({type(exc).__name__}); "
+                                      "whether the lock changed is unknown: retry") from exc
+
     async def acquire(self, key: str, holder: str, ttl: float) -> Lock | None:
         token, expires = new_token(), time.time() + ttl
         keys = [self._k(key), f"{self.prefix}lockfence:{key}", self._held]
         args = [token, holder, int(ttl * 1000), repr(expires), key, ""]
-        result = await self._acquire(keys=keys, args=args)
+        result = await self._call(self._acquire, keys, args, repeatable=True)
         if int(result[0]) == -1:  # Redis lost the counter (restart without persistence): re-seed it
             args[5] = str(await self._floor(key))
-            result = await self._acquire(keys=keys, args=args)
+            result = await self._call(self._acquire, keys, args, repeatable=True)
         if int(result[0]) != 1:
             return None
         fencing = int(result[1])
@@ -217,13 +235,15 @@ class RedisLockStore(LockStore):
 
     async def extend(self, key: str, token: str, ttl: float) -> Lock | None:
         expires = time.time() + ttl
-        got = await self._extend(keys=[self._k(key), self._held], args=[token, int(ttl * 1000), repr(expires), key])
+        got = await self._call(self._extend, [self._k(key), self._held], [token, int(ttl * 1000), repr(expires), key],
+                               repeatable=True)  # the same expiry set twice
         if not got:
             return None
         return Lock(token, _text(got[1]), int(got[0]), expires)
 
     async def release(self, key: str, token: str) -> bool:
-        return int(await self._release(keys=[self._k(key), self._held], args=[token, key])) == 1
+        # Not repeated: a repeat after a release that ran would answer "not the holder".
+        return int(await self._call(self._release, [self._k(key), self._held], [token, key], repeatable=False)) == 1
 
     async def status(self, key: str) -> Lock | None:
         h = {_text(k): _text(v) for k, v in (await self.redis.hgetall(self._k(key))).items()}
