@@ -14,6 +14,10 @@ class Link:
         self.drop_next_reply = False
 
     async def run(self) -> None:
+        if self.proxy.refuse:
+            self.client_writer.transport.abort()
+            return
+        self.proxy.links.add(self)
         try:
             self.upstream = await asyncio.open_connection(self.proxy.host, self.proxy.upstream_port)
         except OSError:
@@ -50,6 +54,7 @@ class Link:
         self.cut()
 
     def cut(self) -> None:
+        self.proxy.links.discard(self)
         self.client_writer.transport.abort()
         if self.upstream is not None:
             self.upstream[1].transport.abort()
@@ -62,6 +67,8 @@ class FaultProxy:
         self.requests: list[bytes] = []  # every chunk a client sent, in order
         self.drop_reply_to: bytes | None = None  # the reply to the next request containing this is lost
         self.hold_reply_to: bytes | None = None  # replies stall from the next request containing this
+        self.refuse = False  # new connections are reset at once (the server looks down)
+        self.links: set[Link] = set()
         self.dropped = asyncio.Event()
         self.held = asyncio.Event()
         self._open = asyncio.Event()
@@ -89,6 +96,11 @@ class FaultProxy:
 
     def release(self) -> None:
         self._open.set()
+
+    def cut_all(self) -> None:
+        """Reset every open link (a network drop)."""
+        for link in list(self.links):
+            link.cut()
 
     def count(self, marker: bytes) -> int:
         return sum(chunk.count(marker) for chunk in self.requests)
