@@ -84,7 +84,7 @@ class Node:
         self.hub = Hub(self.broker, self.metrics)
         self.broker.on_lost = self.hub.lost
         await self.broker.start(self.hub.deliver)
-        self.idempotency = Idempotency(self.db, s.idempotency_ttl)
+        self.idempotency = Idempotency(self.db, s.idempotency_ttl, shared=bool(s.redis_url))
         await self.idempotency.start()
         if s.channels_file:
             self.namespaces.add(*load_overrides(s.channels_file))
