@@ -20,8 +20,12 @@ def test_bench_smoke_writes_valid_json(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads(out.read_text())
-    assert set(results) == {"fanout", "many_channels", "idle_connections", "ops", "recovery", "cluster", "meta"}
+    assert set(results) == {"rooms", "fanout", "many_channels", "idle_connections", "ops", "recovery", "cluster", "meta"}
     for system in ("tether", "websockets-broadcast"):
+        rooms = results["rooms"][system]
+        assert "error" not in rooms, rooms
+        assert rooms["deliveries_per_s"] > 0 and rooms["dropped_connections"] == 0
+        assert rooms["latency_samples"] > 0 and 0 <= rooms["p50_ms"] <= rooms["p99_ms"] <= rooms["p999_ms"]
         fan = results["fanout"][system]
         assert "error" not in fan, fan
         assert fan["deliveries_per_s"] > 0 and fan["dropped_connections"] == 0
