@@ -70,3 +70,29 @@ async def test_a_claim_left_by_a_dead_node_is_taken_over_after_its_lease(db: Any
     assert await a.run("alice:rest", "k3", again) == {"offset": 7}
     row = await db.fetchone("SELECT result FROM idempotency WHERE scope = ? AND key = ?", "alice:rest", "k3")
     assert row is not None and row["result"] != idempotency.PENDING
+
+
+async def test_a_claim_is_renewed_while_its_request_runs_longer_than_the_lease(
+        db: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(idempotency, "LEASE", 0.2)
+    a, b = await nodes(db)
+    release = asyncio.Event()
+    ran: list[str] = []
+
+    async def slow() -> dict[str, Any]:
+        ran.append("a")
+        await release.wait()
+        return {"offset": 1}
+
+    async def second() -> dict[str, Any]:
+        ran.append("b")
+        return {"offset": 2}
+
+    on_a = asyncio.ensure_future(a.run("alice:rest", "k4", slow))
+    while not ran:
+        await asyncio.sleep(0)
+    on_b = asyncio.ensure_future(b.run("alice:rest", "k4", second))
+    await asyncio.sleep(5 * idempotency.LEASE)  # several leases: alive only if a renews its claim
+    assert ran == ["a"] and not on_b.done()
+    release.set()
+    assert await on_a == await on_b == {"offset": 1}

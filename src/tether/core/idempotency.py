@@ -16,13 +16,14 @@ In a cluster (``shared``) the per-process lock does not see the other nodes, so 
 request first *claims* its key: one atomic ``INSERT … ON CONFLICT`` writes a pending
 record. The node that wins runs the request; a retry of the same key on another node
 finds the claim and waits for the answer instead of running it again (a publish to
-Redis would otherwise go out twice). A claim whose node died is taken over after
-:data:`LEASE` seconds.
+Redis would otherwise go out twice). A claim whose node died (it stops renewing it) is taken
+over after :data:`LEASE` seconds.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import time
 from typing import Any, Awaitable, Callable
@@ -49,8 +50,10 @@ _RECORD = """INSERT INTO idempotency (scope, key, result, created_at) VALUES (?,
 
 #: A claimed record whose request is still running (cluster): no answer is ever this.
 PENDING = dumps({"\u0000pending": True})
-#: A claim older than this is taken over: the node that made it is presumed dead.
-LEASE = 60.0
+#: A claim not renewed for this long is taken over: the node that made it is presumed dead.
+#: Its node renews it every LEASE / 4 while the request runs (node clocks must agree to well
+#: under a second, as NTP keeps them).
+LEASE = 5.0
 #: How often a request waiting for another node's claim looks again, and for how long at most.
 POLL = 0.02
 WAIT = 10.0
@@ -110,6 +113,16 @@ class Idempotency:
                                   "(on another node); retry later for its answer")
             await asyncio.sleep(POLL)  # pending on another node (or just forgotten: claim again)
 
+    async def _renew(self, scope: str, key: str) -> None:
+        """Keep this node's claim alive while its request runs (a slow Redis, a long wait)."""
+        while True:
+            await asyncio.sleep(LEASE / 4)
+            try:
+                await self.db.execute("UPDATE idempotency SET created_at = ? WHERE scope = ? AND key = ? AND result = ?",
+                                      time.time(), scope, key, PENDING)
+            except Exception:
+                log.warning("could not renew the claim of %s/%s", scope, key, exc_info=True)
+
     async def _forget(self, scope: str, key: str, *, only_pending: bool = False) -> None:
         sql = "DELETE FROM idempotency WHERE scope = ? AND key = ?"
         args: tuple[str, ...] = (scope, key)
@@ -131,6 +144,7 @@ class Idempotency:
         if not isinstance(key, str) or not 1 <= len(key) <= 200:
             raise bad_request("'idempotency_key' must be a string of 1-200 characters")
         ident = (scope, key)
+        keeper: asyncio.Task[None] | None = None
         entry = self._inflight.get(ident)
         if entry is None:
             entry = self._inflight[ident] = [asyncio.Lock(), 0]
@@ -141,6 +155,9 @@ class Idempotency:
                     stored = await self._claim(scope, key)
                     if stored is not None:
                         return loads(stored)
+                    # Its own context: the renewals are no write of the request (no rider).
+                    keeper = asyncio.get_running_loop().create_task(self._renew(scope, key),
+                                                                    context=contextvars.Context())
                 else:
                     row = await self.db.fetchone(
                         "SELECT result FROM idempotency WHERE scope = ? AND key = ? AND created_at > ?",
@@ -163,6 +180,8 @@ class Idempotency:
                 finally:
                     r.done = True  # … or never: tasks the request started must not write it later
                     riding.reset(token)
+                    if keeper is not None:
+                        keeper.cancel()
                 # … and the full answer replaces it (or is written now, for a write outside SQL).
                 await self.db.execute(_RECORD, scope, key, dumps(result), time.time())
                 self._writes += 1
