@@ -56,9 +56,11 @@ class Authenticator:
             user, _, device = token.partition(":")
             device = device or "default"
             if not valid_id(user) or not valid_id(device):
+                looks_signed = token.count(".") == 2 and len(token) > 40  # a JWT sent to a dev server
                 raise TetherError(
                     "unauthorized",
-                    "dev token must be 'userId' or 'userId:deviceId' (letters, digits, _ . @ + -, up to 128)",
+                    ("this server runs --auth dev, where a token is not a JWT but " if looks_signed else "")
+                    + "dev token must be 'userId' or 'userId:deviceId' (letters, digits, _ . @ + -, up to 128)",
                 )
             return Identity(user, device)
         try:
@@ -67,6 +69,11 @@ class Authenticator:
             )
         except jwt.ExpiredSignatureError:
             raise TetherError("unauthorized", "token expired: mint a new one") from None
+        except jwt.DecodeError as exc:
+            if token.count(".") != 2:  # e.g. a dev token ('alice:phone') sent to a JWT server
+                raise TetherError("unauthorized", "this server runs --auth jwt and the token is not a JWT: "
+                                                  "mint one with `tether token --user <id>`") from None
+            raise TetherError("unauthorized", f"invalid token: {exc}") from None
         except jwt.PyJWTError as exc:
             raise TetherError("unauthorized", f"invalid token: {exc}") from None
         user, device = str(claims["sub"]), str(claims.get("device_id") or "default")
