@@ -66,6 +66,9 @@ def main() -> None:
               help="Seconds without a delta after which a stream is closed as abandoned.")
 @click.option("--channels-file", type=click.Path(path_type=Path), envvar=_env("channels_file"),
               help="JSON list of namespace overrides (pattern, subscribe, publish, history_size, history_ttl).")
+@click.option("--cors-origins", envvar=_env("cors_origins"),
+              help="Comma-separated origins whose web pages may call /api and open /ws "
+                   "(e.g. https://app.example.com; '*' only with --auth dev). Default: same origin only.")
 @click.option("--log-level", default="info", show_default=True, envvar=_env("log_level"),
               type=click.Choice(["debug", "info", "warning", "error", "critical"], case_sensitive=False),
               help="Least severe log lines written (JSON, one a line, on stderr).")

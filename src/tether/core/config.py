@@ -36,6 +36,7 @@ class Settings:
     stream_timeout: float = 60.0  # a stream with no delta for this long is closed as abandoned
     channels_file: Path | None = None  # JSON list of namespace overrides
     log_level: str = "info"
+    cors_origins: str | None = None  # comma-separated origins whose pages may call /api and /ws ("*": any, dev auth only)
 
     @classmethod
     def from_env(cls, **overrides: object) -> "Settings":

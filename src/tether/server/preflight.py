@@ -20,6 +20,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 from tether import __version__
 from tether.core.config import Settings
 from tether.core.namespaces import load_overrides
+from tether.server import origins
 
 POSTGRES_SCHEMES = ("postgres", "postgresql", "postgresql+asyncpg")
 REDIS_SCHEMES = ("redis", "rediss", "unix")
@@ -100,6 +101,15 @@ def check_channels_file(path: Path | None) -> None:
         raise Refused(f"channels file {path}: {exc}") from None
 
 
+def check_cors(settings: Settings) -> None:
+    listed = origins.parse(settings.cors_origins)
+    bad = origins.invalid(listed)
+    if bad is not None:
+        raise Refused(f"--cors-origins entry {bad!r} is not an origin: write scheme://host[:port], e.g. https://app.example.com")
+    if "*" in listed and (settings.auth or "dev") != "dev":
+        raise Refused("--cors-origins '*' lets any web page use a signed-in user's token: list your app's origins instead")
+
+
 def check_listen(host: str, port: int) -> None:
     """Nobody else listens on host:port (the bind that uvicorn makes next would fail)."""
     try:
@@ -154,6 +164,7 @@ def check(settings: Settings, *, listen: bool = True) -> None:
         raise Refused(f"--port {settings.port} is outside 1-65535")
     settings.database_url = normalize_database_url(settings.database_url)
     check_redis_url(settings.redis_url)
+    check_cors(settings)
     if not settings.database_url:
         check_data_dir(settings.data_dir)
     check_channels_file(settings.channels_file)
