@@ -13,7 +13,8 @@ import jwt
 from tether.core.config import Settings
 from tether.wire.errors import TetherError
 
-_ID = re.compile(r"^[A-Za-z0-9_.@+\-]{1,128}$")
+ID_PATTERN = r"^[A-Za-z0-9_.@+\-]{1,128}$"  # user, device and other ids
+_ID = re.compile(ID_PATTERN)
 SERVER_USER = "server"
 
 

@@ -14,6 +14,7 @@ from tether.core.node import Feature, Node
 from tether.features import DEFAULT_FEATURES
 from tether.server import origins, ws
 from tether.server.http import error_body, install_error_handlers
+from tether.server.openapi import install_openapi
 from tether.server.pages import install_pages
 
 
@@ -33,6 +34,8 @@ def create_app(settings: Settings, features: list[type[Feature]] | None = None) 
         version=__version__,
         description="Realtime sync backend: channels, presence, locks, documents, live sessions.",
         lifespan=lifespan,
+        docs_url=None,  # served by install_openapi from local assets, not a CDN
+        redoc_url=None,
     )
     app.state.node = node
     install_error_handlers(app)
@@ -55,6 +58,7 @@ def create_app(settings: Settings, features: list[type[Feature]] | None = None) 
         return Response(node.metrics.render(), media_type="text/plain; version=0.0.4")
 
     install_pages(app)
+    install_openapi(app)
 
     @app.get("/ws", include_in_schema=False)
     async def ws_without_upgrade() -> Response:
