@@ -34,12 +34,13 @@ expected-statuses = ["2XX", "3XX", "401", "403", "404", "409", "412", "429", "5X
 
 
 def run(url: str, cfg: Path) -> subprocess.CompletedProcess[str]:
+    """schemathesis in the test's own directory (it keeps a .schemathesis/ cache there)."""
     # --workers 1: Python 3.11's ast.parse is not thread-safe, and hypothesis parses lambdas with it.
     return subprocess.run(
         [sys.executable, "-c", "from schemathesis.cli import schemathesis; schemathesis()",
          "--config-file", str(cfg), "run", f"{url}/openapi.json", "--checks", "all",
          "--max-examples", str(MAX_EXAMPLES), "--seed", str(SEED), "--workers", "1", "--no-color"],
-        capture_output=True, text=True, timeout=600)
+        capture_output=True, text=True, timeout=600, cwd=cfg.parent)
 
 
 @pytest.mark.timeout(600)
