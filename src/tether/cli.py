@@ -83,9 +83,8 @@ def serve(ws_transport: str, **options: Any) -> None:
     from tether.core import logs
     from tether.core.config import Settings
     from tether.server.app import create_app
-    from tether.server.wsproto import AsgiWebSocketProtocol, TetherWebSocketProtocol
-
     from tether.server import preflight
+    from tether.server.wsproto import AsgiWebSocketProtocol, TetherWebSocketProtocol
 
     settings = Settings.from_env(**options)
     settings.check()
