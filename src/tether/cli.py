@@ -40,16 +40,22 @@ def main() -> None:
               help="Seconds a REST heartbeat keeps a user present.")
 @click.option("--ping-interval", type=float, default=25.0, show_default=True, envvar=_env("ping_interval"),
               help="Seconds between server PINGs; silence for twice this closes a connection.")
-@click.option("--max-frame-bytes", type=int, default=64 * 1024, show_default=True, envvar=_env("max_frame_bytes"))
-@click.option("--max-subscriptions", type=int, default=256, show_default=True, envvar=_env("max_subscriptions"))
+@click.option("--max-frame-bytes", type=int, default=64 * 1024, show_default=True, envvar=_env("max_frame_bytes"),
+              help="Largest frame a client may send, in bytes.")
+@click.option("--max-subscriptions", type=int, default=256, show_default=True, envvar=_env("max_subscriptions"),
+              help="Channels one connection may subscribe to.")
 @click.option("--rate-per-connection", type=float, default=100.0, show_default=True, envvar=_env("rate_per_connection"),
               help="Requests per second a connection may sustain.")
-@click.option("--rate-burst", type=int, default=200, show_default=True, envvar=_env("rate_burst"))
-@click.option("--rate-per-user", type=float, default=300.0, show_default=True, envvar=_env("rate_per_user"))
+@click.option("--rate-burst", type=int, default=200, show_default=True, envvar=_env("rate_burst"),
+              help="Requests a connection may send at once above its sustained rate.")
+@click.option("--rate-per-user", type=float, default=300.0, show_default=True, envvar=_env("rate_per_user"),
+              help="Requests per second all connections of one user may sustain.")
 @click.option("--send-queue-frames", type=int, default=2000, show_default=True, envvar=_env("send_queue_frames"),
               help="Frames a connection may have waiting before it is closed as a slow consumer.")
-@click.option("--history-size", type=int, default=1000, show_default=True, envvar=_env("history_size"))
-@click.option("--history-ttl", type=float, default=3600.0, show_default=True, envvar=_env("history_ttl"))
+@click.option("--history-size", type=int, default=1000, show_default=True, envvar=_env("history_size"),
+              help="Events a channel keeps for recovery (namespaces may override).")
+@click.option("--history-ttl", type=float, default=3600.0, show_default=True, envvar=_env("history_ttl"),
+              help="Seconds a channel event stays in history (namespaces may override).")
 @click.option("--device-ttl", type=float, default=30.0, show_default=True, envvar=_env("device_ttl"),
               help="Seconds a device stays online after its node stops heartbeating it (cluster).")
 @click.option("--retain-ended", type=float, default=5.0, show_default=True, envvar=_env("retain_ended"),
@@ -58,25 +64,43 @@ def main() -> None:
               help="Seconds without a delta after which a stream is closed as abandoned.")
 @click.option("--channels-file", type=click.Path(path_type=Path, exists=True), envvar=_env("channels_file"),
               help="JSON list of namespace overrides (pattern, subscribe, publish, history_size, history_ttl).")
-@click.option("--log-level", default="info", show_default=True, envvar=_env("log_level"))
+@click.option("--log-level", default="info", show_default=True, envvar=_env("log_level"),
+              help="debug, info, warning or error (JSON lines on stderr).")
 @click.option("--ws-transport", type=click.Choice(["native", "asgi"]), default="native", show_default=True,
               envvar=_env("ws_transport"),
               help="native: /ws straight from the socket (lean, fast); asgi: /ws through the ASGI app, "
                    "as under any other ASGI server.")
+@click.option("--idempotency-ttl", type=float, default=24 * 3600.0, show_default=True, envvar=_env("idempotency_ttl"),
+              help="Seconds the first answer of a request with an idempotency key is kept.")
+@click.option("--node-id", envvar=_env("node_id"), help="This node's name in the admin API. Default: hostname:port.")
+@click.option("--drain-timeout", type=click.FloatRange(min=1), default=30.0, show_default=True, envvar=_env("drain_timeout"),
+              help="On SIGTERM the node exits (code 0) at most this many seconds later, drained or not.")
+@click.option("--drain-delay", type=click.FloatRange(min=0), default=0.0, show_default=True, envvar=_env("drain_delay"),
+              help="Seconds /healthz answers 503 before clients are closed with 1012 (for a load balancer "
+                   "without retries on 503 to notice first; keep it below its fall time).")
+@click.option("--config", "config", type=click.Path(path_type=Path, dir_okay=False), envvar=_env("config"),
+              help="TOML file of settings (keys as in `tether config`). Flags and TETHER_* variables override it.")
 def serve(ws_transport: str, **options: Any) -> None:
     """Run a Tether server (embedded SQLite + in-process broker unless URLs are set)."""
-    import uvicorn
 
     from tether.core import logs
     from tether.core.config import Settings
     from tether.server.app import create_app
+    from tether.server.drain import run
     from tether.server.wsproto import AsgiWebSocketProtocol, TetherWebSocketProtocol
 
+    config_file = options.pop("config", None)
+    if config_file is not None:  # its values replace the defaults only: flag > env > file > default
+        from tether.configfile import resolve
+
+        resolved, _ = resolve(click.get_current_context(), config_file)
+        ws_transport = resolved.pop("ws_transport")
+        options.update({k: v for k, v in resolved.items() if k in options})
     settings = Settings.from_env(**options)
     settings.check()
     logs.configure(settings.log_level)
     app = create_app(settings)
-    uvicorn.run(
+    run(  # uvicorn, except that SIGTERM drains the node (server/drain.py)
         app,
         host=settings.host,
         port=settings.port,
@@ -91,7 +115,28 @@ def serve(ws_transport: str, **options: Any) -> None:
         access_log=False,
         lifespan="on",
         timeout_graceful_shutdown=5,
+        drain_timeout=settings.drain_timeout,
+        drain_delay=settings.drain_delay,
     )
+
+
+def _show_config(reference: bool, **_: Any) -> None:
+    from tether.configfile import reference as table, render, resolve
+
+    ctx = click.get_current_context()
+    if reference:
+        click.echo(table(serve))
+        return
+    values, sources = resolve(ctx, ctx.params.get("config"))
+    click.echo(render(values, sources))
+
+
+# `tether config` takes every option of `tether serve` and prints what serve would run with.
+main.add_command(click.Command(
+    "config", callback=_show_config,
+    params=[*serve.params, click.Option(["--reference"], is_flag=True, help="Print the settings reference (Markdown).")],
+    help="Print the effective configuration (flag > TETHER_* > --config file > default), secrets masked.",
+))
 
 
 @main.command()

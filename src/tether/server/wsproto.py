@@ -36,6 +36,8 @@ NATIVE_PATH = "/ws"
 
 EXTENSION = "tether.send_frames"
 
+DRAINING = "draining: this node is shutting down, connect to another one"
+
 def find_node(app: Any) -> Any:
     """The Tether node behind uvicorn's middleware wrappers (``app.state.node``), or None."""
     for _ in range(10):
@@ -82,7 +84,10 @@ class TetherWebSocketProtocol(WebSocketsSansIOProtocol):
             return False
         self.request = request
         self.handshake_initiated = True
-        response = self.conn.accept(request)
+        if node.draining:  # a load balancer that has not noticed yet retries elsewhere on a 503
+            response = self.conn.reject(503, DRAINING + "\n")
+        else:
+            response = self.conn.accept(request)
         if response.status_code != 101:
             self.handshake_complete = self.close_sent = True
             self.conn.send_response(response)
@@ -94,8 +99,10 @@ class TetherWebSocketProtocol(WebSocketsSansIOProtocol):
         self.conn.send_response(response)
         self.handshake_complete = True
         try:
-            token = parse_qs(query).get("token", [None])[-1] if query else None
-            identity = node.auth.headers(request.headers.get("authorization"), request.headers.get("x-api-key"), token)
+            params = parse_qs(query) if query else {}
+            token = params.get("token", [None])[-1]
+            identity = node.auth.headers(request.headers.get("authorization"), request.headers.get("x-api-key"), token,
+                                         params.get("api_key", [None])[-1])
         except TetherError as exc:  # as the ASGI path: accept, then close with 4001 and the reason
             self.conn.send_close(CLOSE_UNAUTHORIZED, f"unauthorized: {exc.message}"[:120])
             self.transport.write(b"".join(self.conn.data_to_send()))

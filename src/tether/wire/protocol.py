@@ -24,6 +24,8 @@ CLOSE_TIMEOUT = 4011
 CLOSE_RESYNC = 4012  # the node lost a channel's live feed: reconnect and resubscribe with since
 CLOSE_TOO_LARGE = 1009
 CLOSE_SHUTDOWN = 1001
+CLOSE_RESTART = 1012  # the node drains: reconnect now (with jitter), to another node
+CLOSE_OPERATOR = 4100  # an operator disconnected this user: DISCONNECT {reason, reconnect} came first
 
 TYPE_RE = re.compile(r"^[A-Z][A-Z0-9_]{0,63}$")
 CHANNEL_RE = re.compile(r"^[A-Za-z0-9_@+\-=:.]{1,255}$")

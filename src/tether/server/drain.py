@@ -1,0 +1,111 @@
+"""Graceful drain: what a node does between SIGTERM and its exit (code 0).
+
+1. The node is marked draining: ``/healthz`` answers 503 (load balancers stop
+   sending it traffic) and new WebSocket upgrades are refused with 503.
+2. After ``drain_delay`` seconds, every connection gets close code 1012
+   (service restart): clients reconnect at once, with jitter, to another
+   node, and resume from their offsets. A connection whose handshake was
+   already under way is closed the same way as soon as it opens.
+3. Once no connection is left, uvicorn's own shutdown runs: listeners close,
+   HTTP requests in flight finish, then the node stops (group commits are
+   flushed, storage and Redis closed).
+4. The process exits with code 0, within ``drain_timeout`` seconds of the
+   signal. If something overruns that bound, the process is ended with code 1
+   and says so. A second signal stops at once (uvicorn's shutdown, as before).
+
+SIGINT (Ctrl-C) drains the same way, so a node stopped by hand loses nothing either.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+from types import FrameType
+from typing import Any
+
+import uvicorn
+
+from tether.core.node import Node
+from tether.wire.protocol import CLOSE_RESTART
+
+log = logging.getLogger("tether.drain")
+
+RESTART_REASON = "service restart: reconnect now, elsewhere, with jitter"
+SHUTDOWN_SHARE = 0.3  # of drain_timeout, kept for uvicorn's shutdown and the node's stop
+
+
+class DrainingServer(uvicorn.Server):
+    def __init__(self, config: uvicorn.Config, node: Node, drain_timeout: float, drain_delay: float) -> None:
+        super().__init__(config)
+        self.node = node
+        self.drain_timeout = drain_timeout
+        self.drain_delay = drain_delay
+        self.drained = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._drain: asyncio.Task[None] | None = None
+        self._draining = False
+
+    async def serve(self, sockets: list[socket.socket] | None = None) -> None:
+        self._loop = asyncio.get_running_loop()
+        await super().serve(sockets)
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        first = not self._draining and not self.should_exit
+        if sig in (signal.SIGTERM, signal.SIGINT) and first and self.started and self._loop is not None:
+            self._draining = True
+            self._loop.call_soon_threadsafe(self._begin)  # safe from a signal handler
+            return
+        super().handle_exit(sig, frame)
+
+    def _begin(self) -> None:
+        self._drain = asyncio.ensure_future(self.drain())
+
+    async def drain(self) -> None:
+        loop = asyncio.get_running_loop()
+        node = self.node
+        node.draining = True
+        _watchdog(self.drain_timeout)
+        closing_until = loop.time() + self.drain_timeout * (1 - SHUTDOWN_SHARE)
+        log.warning("draining: /healthz answers 503; closing %d connections with 1012 in %g s",
+                    len(node.connections), self.drain_delay)
+        await asyncio.sleep(min(self.drain_delay, self.drain_timeout / 2))
+        closed = 0
+        while node.connections and loop.time() < closing_until:
+            for conn in list(node.connections.values()):
+                if conn.close_code is None:
+                    conn.close(CLOSE_RESTART, RESTART_REASON)
+                    closed += 1
+            await asyncio.sleep(0.05)
+        node.metrics.disconnects.labels("restart").inc(closed)
+        log.warning("drained: %d connections closed, %d left; finishing requests in flight",
+                    closed, len(node.connections))
+        # uvicorn then waits for requests in flight; what is left of the bound, minus time for node.stop()
+        left = closing_until - loop.time() + self.drain_timeout * SHUTDOWN_SHARE
+        self.config.timeout_graceful_shutdown = max(0.5, left * 0.6)
+        self.drained = True
+        self.should_exit = True
+
+
+def _watchdog(bound: float) -> None:
+    def overrun() -> None:
+        sys.stderr.write(f"tether: drain overran its bound of {bound:g} s (--drain-timeout); exiting with code 1\n")
+        sys.stderr.flush()
+        os._exit(1)
+
+    timer = threading.Timer(bound, overrun)
+    timer.daemon = True
+    timer.start()
+
+
+def run(app: Any, *, drain_timeout: float, drain_delay: float, **options: Any) -> None:
+    """``uvicorn.run(app, **options)``, except that SIGTERM drains the node first."""
+    config = uvicorn.Config(app, **options)
+    server = DrainingServer(config, app.state.node, drain_timeout, drain_delay)
+    server.run()
+    if not server.started:
+        sys.exit(3)  # uvicorn's STARTUP_FAILURE: it has logged why
