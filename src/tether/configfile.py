@@ -23,7 +23,7 @@ from click.core import ParameterSource
 
 SECRETS = {"jwt_secret", "api_key"}  # printed as ****
 URLS = {"database_url", "redis_url"}  # printed with their password as ****
-NOT_SETTINGS = {"config"}  # options of `tether serve` that are not themselves settings
+NOT_SETTINGS = {"config", "reference"}  # options of `tether serve` that are not themselves settings
 
 BEGIN, END = "<!-- generated: settings -->", "<!-- end: settings -->"
 METRICS_BEGIN, METRICS_END = "<!-- generated: metrics -->", "<!-- end: metrics -->"
