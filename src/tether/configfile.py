@@ -123,7 +123,7 @@ def render(values: dict[str, Any], sources: dict[str, str]) -> str:
 
 def _default(opt: click.Option) -> str:
     d = opt.default
-    if d is None:
+    if d is None or type(d).__name__ == "Sentinel":  # click's UNSET: no default
         return "unset"
     if isinstance(d, float):
         return f"`{d:g}`"
@@ -146,15 +146,19 @@ def reference(command: click.Command) -> str:
 
 
 def metrics_reference() -> str:
+    from prometheus_client.metrics import MetricWrapperBase
+
     from tether.core.metrics import Metrics
 
     rows = ["| metric | type | labels | meaning |", "|---|---|---|---|"]
-    for family in Metrics().registry.collect():
-        name = family.name + ("_total" if family.type == "counter" else "")
-        labels = sorted({k for s in family.samples for k in s.labels if k not in ("le",)})
-        if family.type == "histogram":
+    for metric in vars(Metrics()).values():
+        if not isinstance(metric, MetricWrapperBase):
+            continue
+        kind = metric._type  # the family's type and label names, known before any sample exists
+        name = f"`{metric._name}_total`" if kind == "counter" else f"`{metric._name}`"
+        if kind == "histogram":
             name += " (`_bucket`, `_sum`, `_count`)"
-        rows.append(f"| `{name}` | {family.type} | {', '.join(labels) or ''} | {family.documentation} |")
+        rows.append(f"| {name} | {kind} | {', '.join(metric._labelnames)} | {metric._documentation} |")
     return "\n".join(rows)
 
 

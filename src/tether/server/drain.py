@@ -81,7 +81,6 @@ class DrainingServer(uvicorn.Server):
                     conn.close(CLOSE_RESTART, RESTART_REASON)
                     closed += 1
             await asyncio.sleep(0.05)
-        node.metrics.disconnects.labels("restart").inc(closed)
         log.warning("drained: %d connections closed, %d left; finishing requests in flight",
                     closed, len(node.connections))
         # uvicorn then waits for requests in flight; what is left of the bound, minus time for node.stop()
