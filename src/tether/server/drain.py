@@ -10,8 +10,10 @@
    HTTP requests in flight finish, then the node stops (group commits are
    flushed, storage and Redis closed).
 4. The process exits with code 0, within ``drain_timeout`` seconds of the
-   signal. If something overruns that bound, the process is ended with code 1
-   and says so. A second signal stops at once (uvicorn's shutdown, as before).
+   signal: a shutdown step still waiting a second before the bound is
+   abandoned (logged with what it waits for). Should even that not return,
+   a watchdog ends the process with code 1 at the bound, listing the tasks
+   still running. A second signal stops at once (uvicorn's shutdown, as before).
 
 SIGINT (Ctrl-C) drains the same way, so a node stopped by hand loses nothing either.
 """
@@ -49,6 +51,7 @@ class DrainingServer(uvicorn.Server):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._drain: asyncio.Task[None] | None = None
         self._draining = False
+        self._deadline = 0.0
 
     async def serve(self, sockets: list[socket.socket] | None = None) -> None:
         self._loop = asyncio.get_running_loop()
@@ -62,6 +65,17 @@ class DrainingServer(uvicorn.Server):
             return
         super().handle_exit(sig, frame)
 
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        """uvicorn's shutdown (requests in flight, then the node's stop), within the drain's bound."""
+        if not self.drained:
+            return await super().shutdown(sockets)
+        left = max(0.5, self._deadline - asyncio.get_running_loop().time() - 1.0)
+        try:
+            await asyncio.wait_for(asyncio.shield(super().shutdown(sockets)), left)
+        except asyncio.TimeoutError:
+            log.error("shutdown overran the drain bound; exiting anyway. Still running: %s",
+                      "; ".join(_where(t) for t in asyncio.all_tasks() if t is not asyncio.current_task()))
+
     def _begin(self) -> None:
         self._drain = asyncio.ensure_future(self.drain())
 
@@ -69,7 +83,8 @@ class DrainingServer(uvicorn.Server):
         loop = asyncio.get_running_loop()
         node = self.node
         node.draining = True
-        _watchdog(self.drain_timeout)
+        self._deadline = loop.time() + self.drain_timeout
+        _watchdog(self.drain_timeout, loop)
         closing_until = loop.time() + self.drain_timeout * (1 - SHUTDOWN_SHARE)
         log.warning("draining: /healthz answers 503; closing %d connections with 1012 in %g s",
                     len(node.connections), self.drain_delay)
@@ -90,9 +105,20 @@ class DrainingServer(uvicorn.Server):
         self.should_exit = True
 
 
-def _watchdog(bound: float) -> None:
+def _where(task: "asyncio.Task[Any]") -> str:
+    frames = task.get_stack(limit=3)
+    return f"{task.get_name()} at " + " < ".join(f"{f.f_code.co_name}:{f.f_lineno}" for f in frames)
+
+
+def _watchdog(bound: float, loop: asyncio.AbstractEventLoop) -> None:
     def overrun() -> None:
-        sys.stderr.write(f"tether: drain overran its bound of {bound:g} s (--drain-timeout); exiting with code 1\n")
+        sys.stderr.write(f"tether: drain overran its bound of {bound:g} s (--drain-timeout); exiting with code 1; "
+                         "still running:\n")
+        try:  # best effort, from another thread: what the node was waiting for
+            for task in list(asyncio.all_tasks(loop)):
+                task.print_stack(limit=8, file=sys.stderr)
+        except Exception:
+            pass
         sys.stderr.flush()
         os._exit(1)
 
