@@ -209,8 +209,9 @@ async def test_openapi_documents_the_admin_api_and_its_security(shared_server: S
 async def test_in_a_cluster_the_api_sees_every_node(tmp_path: Path) -> None:
     from tests.cluster import Cluster
 
-    cluster = Cluster(tmp_path, 2).start()
+    cluster = Cluster(tmp_path, 2)
     try:
+        cluster.start()
         a, b = cluster.nodes
         channel = unique("public.c")
         on_a, on_b = await WsClient.connect(a, "ivy:a"), await WsClient.connect(b, "ivy:b")

@@ -24,7 +24,7 @@ import pytest
 
 from tests.cluster import Cluster
 from tests.helpers import API_KEY, ServerProcess, free_port
-from tests.services import unique
+from tests.services import unique, with_query
 from tests.test_deploy import CONFIG as HAPROXY_CONFIG
 from tests.test_deploy import haproxy, lb_env
 from tether.client import Backoff, Client
@@ -95,16 +95,19 @@ async def test_rolling_restart_loses_and_duplicates_nothing(tmp_path: Path) -> N
     binary = haproxy()
     cluster = Cluster(tmp_path, 3, "--config", str(NODE_CONFIG))
     for node in cluster.nodes:  # the example file, with this machine's services and loopback dev auth
-        node.env.update(TETHER_AUTH="dev", TETHER_HOST="127.0.0.1", TETHER_LOG_LEVEL="info")
-    with ThreadPoolExecutor(len(cluster.nodes)) as pool:  # as Cluster.start, with room for a loaded machine
-        list(pool.map(lambda n: n.start(timeout=60), cluster.nodes))
+        node.env.update(TETHER_AUTH="dev", TETHER_HOST="127.0.0.1", TETHER_LOG_LEVEL="info",
+                        # a small pool: the machine's PostgreSQL is shared with other suites
+                        TETHER_DATABASE_URL=with_query(node.env["TETHER_DATABASE_URL"], pool_max="3"))
     port = free_port()
-    lb = subprocess.Popen([binary, "-db", "-f", str(HAPROXY_CONFIG)], env=lb_env(port, cluster.nodes),
-                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     front = f"http://127.0.0.1:{port}"
     clients: list[Client] = []
     sampler = Sampler(cluster.nodes)
+    lb: subprocess.Popen[bytes] | None = None
     try:
+        with ThreadPoolExecutor(len(cluster.nodes)) as pool:  # as Cluster.start, with room for a loaded machine
+            list(pool.map(lambda n: n.start(timeout=60), cluster.nodes))
+        lb = subprocess.Popen([binary, "-db", "-f", str(HAPROXY_CONFIG)], env=lb_env(port, cluster.nodes),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         async def main() -> None:
             async with httpx.AsyncClient(timeout=2) as http:
                 for _ in range(200):
@@ -120,18 +123,20 @@ async def test_rolling_restart_loses_and_duplicates_nothing(tmp_path: Path) -> N
             def backoff() -> Backoff:
                 return Backoff(base=0.2, cap=1.0, max_attempts=None)
 
-            # When each client set off to reconnect: the time it chose to sleep until (its `sleep`
-            # is injectable). Which node it then landed on is asked of the admin API.
+            # When each client set off to reconnect: the time it chose to sleep until while
+            # reconnecting (its `sleep` is injectable). Where it landed is asked of the admin API.
             attempts: dict[str, list[float]] = collections.defaultdict(list)
 
-            def recorder(user: str) -> Any:
+            def recording(client: Client, user: str) -> Client:
                 async def sleep(delay: float) -> None:
-                    attempts[user].append(time.monotonic() + delay)
+                    if client.state == "reconnecting":
+                        attempts[user].append(time.monotonic() + delay)
                     await asyncio.sleep(delay)
-                return sleep
+                client.sleep = sleep
+                return client
 
             async def subscriber(i: int) -> None:
-                sub = Client(front, f"sub{i}:d", backoff=backoff(), sleep=recorder(f"sub{i}"))
+                sub = recording(Client(front, f"sub{i}:d", backoff=backoff()), f"sub{i}")
                 clients.append(sub)
                 got: list[tuple[int, int]] = []
                 received.append(got)
@@ -139,7 +144,7 @@ async def test_rolling_restart_loses_and_duplicates_nothing(tmp_path: Path) -> N
                 await sub.subscribe(channel, lambda e: got.append((e["data"]["p"], e["data"]["n"])))
 
             await asyncio.gather(*(subscriber(i) for i in range(SUBSCRIBERS)))
-            publishers = [Client(front, f"pub{p}:d", backoff=backoff(), sleep=recorder(f"pub{p}"))
+            publishers = [recording(Client(front, f"pub{p}:d", backoff=backoff()), f"pub{p}")
                           for p in range(PUBLISHERS)]
             clients.extend(publishers)
             for pub in publishers:
@@ -228,8 +233,9 @@ async def test_rolling_restart_loses_and_duplicates_nothing(tmp_path: Path) -> N
         sampler.running = False
         for c in clients:
             await c.close()
-        lb.kill()
-        lb.wait()
+        if lb is not None:
+            lb.kill()
+            lb.wait()
         await cluster.cleanup()
 
 

@@ -2,7 +2,8 @@
 
 1. The node is marked draining: ``/healthz`` answers 503 (load balancers stop
    sending it traffic) and new WebSocket upgrades are refused with 503.
-2. After ``drain_delay`` seconds, every connection gets close code 1012
+2. After ``drain_delay`` seconds, every connection has its requests in flight
+   answered (up to :data:`HAND_OVER` seconds), then gets close code 1012
    (service restart): clients reconnect at once, with jitter, to another
    node, and resume from their offsets. A connection whose handshake was
    already under way is closed the same way as soon as it opens.
@@ -32,12 +33,14 @@ from typing import Any
 
 import uvicorn
 
+from tether.core.connection import Connection
 from tether.core.node import Node
 from tether.wire.protocol import CLOSE_RESTART
 
 log = logging.getLogger("tether.drain")
 
 RESTART_REASON = "service restart: reconnect now, elsewhere, with jitter"
+HAND_OVER = 2.0  # seconds a connection's requests in flight get to be answered before its 1012
 SHUTDOWN_SHARE = 0.3  # of drain_timeout, kept for uvicorn's shutdown and the node's stop
 
 
@@ -89,20 +92,32 @@ class DrainingServer(uvicorn.Server):
         log.warning("draining: /healthz answers 503; closing %d connections with 1012 in %g s",
                     len(node.connections), self.drain_delay)
         await asyncio.sleep(min(self.drain_delay, self.drain_timeout / 2))
-        closed = 0
+        handing: dict[Connection, asyncio.Task[None]] = {}
         while node.connections and loop.time() < closing_until:
             for conn in list(node.connections.values()):
-                if conn.close_code is None:
-                    conn.close(CLOSE_RESTART, RESTART_REASON)
-                    closed += 1
+                if conn not in handing and conn.close_code is None:
+                    handing[conn] = asyncio.ensure_future(_hand_over(conn, closing_until))
             await asyncio.sleep(0.05)
         log.warning("drained: %d connections closed, %d left; finishing requests in flight",
-                    closed, len(node.connections))
+                    len(handing), len(node.connections))
         # uvicorn then waits for requests in flight; what is left of the bound, minus time for node.stop()
         left = closing_until - loop.time() + self.drain_timeout * SHUTDOWN_SHARE
         self.config.timeout_graceful_shutdown = max(0.5, left * 0.6)
         self.drained = True
         self.should_exit = True
+
+
+async def _hand_over(conn: Connection, until: float) -> None:
+    """Answer what the client already sent, then close with 1012. A publish answered before the
+    close is not sent again by the client elsewhere, where it could race its own first copy."""
+    wait = min(HAND_OVER, until - asyncio.get_running_loop().time())
+    try:
+        await asyncio.wait_for(conn.settle(), max(0.05, wait))
+    except asyncio.TimeoutError:
+        pass
+    except Exception:  # settle re-raises nothing of its requests; a broken one must not keep the others
+        log.exception("settling connection %s failed", conn.id)
+    conn.close(CLOSE_RESTART, RESTART_REASON)
 
 
 def _where(task: "asyncio.Task[Any]") -> str:
