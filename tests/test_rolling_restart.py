@@ -222,8 +222,11 @@ async def test_rolling_restart_loses_and_duplicates_nothing(tmp_path: Path) -> N
                       f"{ {n: len(t) for n, t in sorted(landed.items())} }; peak reconnects per node in one second: "
                       f"set off {set_off}, opened (server /metrics) { {node_ids[j]: v for j, v in served.items()} }")
                 assert code == 0 and sum(map(len, landed.values())) == moved
-                # Spread over the jitter window (2 s), not a herd: no node takes them all in one second.
-                assert moved < 5 or max(set_off.values()) <= 0.9 * moved, (set_off, moved)
+                # Spread over the jitter window (2 s), not a herd: a node that takes 12 or more of them
+                # gets at most 60 % within any quarter of a second (uniform jitter: 1 run in 5000 fails
+                # this; a herd sets off all of them at once).
+                for node, times in landed.items():
+                    assert len(times) < 12 or peak_within(times, 0.25) <= 0.6 * len(times), (node, sorted(times))
             assert sorted(stored) == expected and offsets == list(range(1, total + 1))
             assert lost == 0 and duplicated == 0
             assert all(got == stored for got in received)  # each in the channel's order
@@ -251,9 +254,13 @@ def drain_seconds(log: Path) -> float:
     return (stamps["end"] - stamps["start"]).total_seconds()
 
 
-def peak_in_a_second(times: list[float]) -> int:
+def peak_within(times: list[float], window: float) -> int:
     times = sorted(times)
-    return max((sum(1 for u in times[k:] if u - t <= 1.0) for k, t in enumerate(times)), default=0)
+    return max((sum(1 for u in times[k:] if u - t <= window) for k, t in enumerate(times)), default=0)
+
+
+def peak_in_a_second(times: list[float]) -> int:
+    return peak_within(times, 1.0)
 
 
 async def per_node_connections(admin: httpx.AsyncClient) -> dict[str, int]:
