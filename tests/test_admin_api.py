@@ -211,7 +211,8 @@ async def test_in_a_cluster_the_api_sees_every_node(tmp_path: Path) -> None:
 
     cluster = Cluster(tmp_path, 2)
     try:
-        cluster.start()
+        for node in cluster.nodes:  # one at a time, with room for a loaded machine
+            node.start(timeout=60)
         a, b = cluster.nodes
         channel = unique("public.c")
         on_a, on_b = await WsClient.connect(a, "ivy:a"), await WsClient.connect(b, "ivy:b")
