@@ -76,8 +76,8 @@ def main() -> None:
 @click.option("--drain-timeout", type=click.FloatRange(min=1), default=30.0, show_default=True, envvar=_env("drain_timeout"),
               help="On SIGTERM the node exits (code 0) at most this many seconds later, drained or not.")
 @click.option("--drain-delay", type=click.FloatRange(min=0), default=0.0, show_default=True, envvar=_env("drain_delay"),
-              help="Seconds /healthz answers 503 before clients are closed with 1012 (for a load balancer "
-                   "without retries on 503 to notice first; keep it below its fall time).")
+              help="Seconds /healthz answers 503 before clients are closed with 1012, so that a load "
+                   "balancer which cannot retry a refused upgrade stops sending new clients first.")
 @click.option("--config", "config", type=click.Path(path_type=Path, dir_okay=False), envvar=_env("config"),
               help="TOML file of settings (keys as in `tether config`). Flags and TETHER_* variables override it.")
 def serve(ws_transport: str, **options: Any) -> None:
