@@ -196,13 +196,13 @@ async def test_openapi_documents_the_admin_api_and_its_security(shared_server: S
     async with httpx.AsyncClient(base_url=shared_server.url) as http:
         spec = (await http.get("/openapi.json")).json()
     schemes = spec["components"]["securitySchemes"]
-    assert schemes["ApiKey"] == {"type": "apiKey", "in": "header", "name": "X-API-Key",
-                                 "description": schemes["ApiKey"]["description"]}
-    assert schemes["AdminToken"]["scheme"] == "bearer"
+    assert schemes["apiKey"] == {"type": "apiKey", "in": "header", "name": "X-API-Key",
+                                 "description": schemes["apiKey"]["description"]}
+    assert schemes["bearer"]["scheme"] == "bearer"
     for path in ("/api/admin/channels", "/api/admin/channels/{channel}/history", "/api/admin/users/{user_id}/connections",
                  "/api/admin/users/{user_id}/disconnect", "/api/admin/nodes", "/api/admin/stats"):
         for op in spec["paths"][path].values():
-            assert {"ApiKey": []} in op["security"] and {"AdminToken": []} in op["security"], path
+            assert {"apiKey": []} in op["security"] and {"bearer": []} in op["security"], path
 
 
 @pytest.mark.services

@@ -58,6 +58,8 @@ def main() -> None:
               help="Events a channel keeps for recovery after a reconnect.")
 @click.option("--history-ttl", type=float, default=3600.0, show_default=True, envvar=_env("history_ttl"),
               help="Seconds a channel's events stay recoverable.")
+@click.option("--history-sweep", type=float, default=60.0, show_default=True, envvar=_env("history_sweep"),
+              help="Seconds between sweeps that delete channel history older than its window (quiet channels too).")
 @click.option("--device-ttl", type=float, default=30.0, show_default=True, envvar=_env("device_ttl"),
               help="Seconds a device stays online after its node stops heartbeating it (cluster).")
 @click.option("--retain-ended", type=float, default=5.0, show_default=True, envvar=_env("retain_ended"),

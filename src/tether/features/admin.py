@@ -47,9 +47,9 @@ MAX_REPORTED_CHANNELS = 10_000  # per node per heartbeat: the report stays small
 CONTROL = "tether.control"  # operator commands to every node; no client may subscribe or publish
 
 # The OpenAPI security schemes of /api/admin: either one is enough.
-API_KEY = APIKeyHeader(name="X-API-Key", auto_error=False, scheme_name="ApiKey",
+API_KEY = APIKeyHeader(name="X-API-Key", auto_error=False, scheme_name="apiKey",
                        description="The server API key (TETHER_API_KEY).")
-BEARER = HTTPBearer(auto_error=False, scheme_name="AdminToken",
+BEARER = HTTPBearer(auto_error=False, scheme_name="bearer",
                     description="A JWT whose `roles` claim contains `admin`.")
 
 
