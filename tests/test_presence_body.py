@@ -26,7 +26,7 @@ async def test_heartbeat_refusals_stay_clear(shared_server: ServerProcess) -> No
         r = await alice.post("/api/presence/room-body2", json={"user_id": "mallory"})
         assert r.status_code == 403 and r.json()["error"]["code"] == "forbidden"
         r = await backend.post("/api/presence/room-body2", json={})  # the API key is nobody: it must name the user
-        assert r.status_code == 422 and r.json()["error"]["field"] == "user_id"
+        assert r.status_code == 403 and r.json()["error"]["field"] == "user_id"
         r = await backend.post("/api/presence/room-body2", json={"user_id": "dave"})
         assert r.status_code == 200
         r = await alice.post("/api/presence/room-body2", content=b"[1]", headers={"Content-Type": "application/json"})

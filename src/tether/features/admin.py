@@ -24,7 +24,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query, Request, Security
 from fastapi.responses import Response
 from fastapi.security import APIKeyHeader, HTTPBearer
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, StrictBool
 
 from tether import __version__
 from tether.core.auth import Identity, valid_id
@@ -99,7 +99,7 @@ class ConnectionsOut(BaseModel):
 class DisconnectIn(BaseModel):
     reason: str = Field("disconnected by an operator", min_length=1, max_length=200,
                         description="told to the client in its DISCONNECT frame")
-    reconnect: bool = Field(False, description="whether the client may connect again")
+    reconnect: StrictBool = Field(False, description="whether the client may connect again")
 
 
 class DisconnectOut(BaseModel):

@@ -405,9 +405,9 @@ class PresenceFeature(Feature):
             """Heartbeat: the user stays present for the presence TTL. Body `{"user_id"}`, `{}` or none
             (the caller). Answers `{}`."""
             body = body or Heartbeat()
-            if body.user_id is None and who.is_server:
-                raise TetherError("bad_request", "user_id: required with the API key (whose presence is it?)",
-                                  status=422, field="user_id")
+            if body.user_id is None and who.is_server:  # a well-formed body, but the API key is nobody
+                raise TetherError("forbidden", "user_id: the API key has no presence of its own; name the user",
+                                  field="user_id")
             user = body.user_id or who.user_id
             await check(who, key, user)
             state = encode_state(body.state) if "state" in body.model_fields_set else None
