@@ -6,6 +6,7 @@ Features declare their routes with FastAPI's ``APIRouter``; the server layer
 
 from __future__ import annotations
 
+import math
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -21,7 +22,13 @@ def get_node(request: Request) -> Node:
 
 def get_caller(request: Request) -> Identity:
     node: Node = request.app.state.node
-    return node.auth.headers(request.headers.get("authorization"), request.headers.get("x-api-key"))
+    who = node.auth.headers(request.headers.get("authorization"), request.headers.get("x-api-key"))
+    if not who.is_server:  # a backend with the API key is trusted with its own pace
+        wait = node.rest_rate(who.user_id)
+        if wait is not None:
+            raise TetherError("rate_limited", "too many requests: slow down and retry",
+                              retry_after=max(1, math.ceil(wait)))
+    return who
 
 
 NodeDep = Annotated[Node, Depends(get_node)]

@@ -13,6 +13,7 @@ from tether.core.config import Settings
 from tether.core.node import Feature, Node
 from tether.features import DEFAULT_FEATURES
 from tether.server import ws
+from tether.server.guard import InputGuard
 from tether.server.http import error_body, install_error_handlers
 from tether.server.pages import install_pages
 
@@ -36,6 +37,8 @@ def create_app(settings: Settings, features: list[type[Feature]] | None = None) 
     )
     app.state.node = node
     install_error_handlers(app)
+    app.add_middleware(InputGuard, max_body_bytes=settings.max_body_bytes,
+                       on_error=lambda code: node.metrics.errors.labels(code).inc())
     for feature in node.features:
         router = feature.router()
         if router is not None:
