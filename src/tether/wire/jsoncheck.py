@@ -27,6 +27,11 @@ def invalid(field: str, message: str) -> TetherError:
     return TetherError("bad_request", f"{field}: {message}", status=422, field=field)
 
 
+def _name(key: Any) -> str:
+    """A client's key as it may appear in an error: short, and encodable (no lone surrogate)."""
+    return str(key)[:64].encode("utf-8", "replace").decode()
+
+
 def check(value: Any, field: str = "body") -> None:
     """Raise ``bad_request`` (422) naming the first field that is too deep or out of range."""
     _walk(value, field, 1)
@@ -38,7 +43,7 @@ def _walk(value: Any, field: str, depth: int) -> None:
             raise invalid(field, f"nested deeper than {MAX_DEPTH} levels")
         for key, item in value.items():
             if isinstance(item, (dict, list, int, float)):
-                _walk(item, f"{field}.{key}" if len(field) < 200 else field, depth + 1)
+                _walk(item, f"{field}.{_name(key)}" if len(field) < 200 else field, depth + 1)
     elif isinstance(value, list):
         if depth > MAX_DEPTH:
             raise invalid(field, f"nested deeper than {MAX_DEPTH} levels")
@@ -90,7 +95,7 @@ def _first_marker(value: Any, field: str) -> str | None:
     else:
         return None
     for key, item in items:
-        found = _first_marker(item, f"{field}.{key}" if isinstance(value, dict) else f"{field}[{key}]")
+        found = _first_marker(item, f"{field}.{_name(key)}" if isinstance(value, dict) else f"{field}[{key}]")
         if found:
             return found
     return None
