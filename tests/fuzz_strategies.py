@@ -167,3 +167,44 @@ def frames(types: list[str] | None = None) -> st.SearchStrategy[str]:
     )
     whole = request.map(lambda r: encode({"type": r[0], "id": r[2], "data": r[1]}))
     return st.one_of(whole, whole, whole, broken)
+
+
+def poisoned(raw: str) -> bool:
+    """Whether JSON text holds what the server must refuse wherever it appears: NaN, Infinity,
+    an overflowing number, an integer outside signed 64 bits, a lone surrogate, nesting past 64."""
+    def constant(_: str) -> float:
+        raise _Poison
+
+    def number(text: str) -> float:
+        if not math.isfinite(float(text)):
+            raise _Poison
+        return float(text)
+
+    def integer(text: str) -> int:
+        if not -(2**63) <= int(text) < 2**63:
+            raise _Poison
+        return int(text)
+
+    try:
+        value = json.loads(raw, parse_constant=constant, parse_float=number, parse_int=integer)
+    except _Poison:
+        return True
+    except (ValueError, RecursionError):
+        return False  # not JSON at all: refused as such
+    return _deep_or_surrogate(value, 1)
+
+
+class _Poison(Exception):
+    pass
+
+
+def _deep_or_surrogate(value: Any, depth: int) -> bool:
+    if isinstance(value, str):
+        return any(0xD800 <= ord(c) <= 0xDFFF for c in value)
+    if isinstance(value, (dict, list)):
+        if depth > 64:
+            return True
+        items = [*value.keys(), *value.values()] if isinstance(value, dict) else value
+        return any(_deep_or_surrogate(v, depth + 1) for v in items)
+    return False
+

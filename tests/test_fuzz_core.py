@@ -17,7 +17,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.fuzz_strategies import FRAME_FIELDS, FUZZ, encode, frames
+from tests.fuzz_strategies import FRAME_FIELDS, FUZZ, encode, frames, poisoned
 from tests.helpers import started_node
 from tether.core.auth import Identity
 from tether.core.connection import Connection
@@ -105,6 +105,8 @@ def check(core: NodeThread, who: Identity, raw: str) -> None:
     rid = expects_reply(raw)
     if rid is not None and errors == [] and not out:
         raise AssertionError(f"request {rid} got no answer: {raw[:200]}")
+    if poisoned(raw):  # refused, never acknowledged (nothing silently stored as null or rounded)
+        assert not [f for f in out if f["type"] == "ACK"] and errors, (raw[:200], out[:3])
     assert core.failures.records == [], core.failures.records  # type: ignore[attr-defined]
 
 

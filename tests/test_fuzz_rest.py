@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.fuzz_strategies import FUZZ, MISSING, encode, field_values, hostile_values, payload
+from tests.fuzz_strategies import FUZZ, MISSING, encode, field_values, hostile_values, payload, poisoned
 from tests.helpers import API_KEY, ServerProcess
 from tether.core.config import Settings
 from tether.server.app import create_app
@@ -100,6 +100,10 @@ def requests(draw: st.DrawFn, op: tuple[str, str, list[str], list[str], list[str
 def check(http: httpx.Client, request: dict[str, Any]) -> None:
     r = http.request(**request)  # a dropped keep-alive connection raises here
     assert r.status_code < 500, (request["method"], request["url"][:200], r.status_code, r.text[:300])
+    content = request["content"]
+    as_json = "json" in request["headers"].get("Content-Type", "json")
+    if content and as_json and poisoned(content.decode()):  # never silently accepted (e.g. NaN stored as null)
+        assert 400 <= r.status_code < 500, (request["url"][:200], content[:200], r.status_code, r.text[:300])
     if r.status_code >= 400:
         error = r.json()["error"]
         assert error["code"] in STATUS and isinstance(error["message"], str), error

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
-from tests.fuzz_strategies import FRAME_FIELDS, FUZZ, frames
+from tests.fuzz_strategies import FRAME_FIELDS, FUZZ, frames, poisoned
 from tests.helpers import ServerProcess
 from tether.wire.protocol import CLOSE_ABUSE, CLOSE_TOO_LARGE
 
@@ -81,6 +81,8 @@ def check(session: Session, token: str, raw: str, binary: bool) -> None:
     got = session.exchange(token, raw, binary)
     errors = [f["data"] for f in got if f["type"] == "ERROR"]
     assert all(e["code"] != "unavailable" for e in errors), errors
+    if poisoned(raw):  # refused, never acknowledged
+        assert not [f for f in got if f["type"] == "ACK"], (raw[:200], got[:3])
     rid = expected_id(raw)
     if rid is not None and len(session.closes) == closes and len(raw) <= 64 * 1024:
         assert any(f.get("id") == rid and f["type"] in ("ACK", "ERROR") for f in got), (raw[:300], got[:5])

@@ -14,6 +14,8 @@ import h11
 import httpx
 import pytest
 import uvicorn
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import connect
 from fastapi import APIRouter
 
 from tests.helpers import API_KEY, WsClient, free_port
@@ -124,7 +126,14 @@ async def test_lone_surrogates_are_refused_everywhere(shared_server) -> None:
         assert reply["data"]["code"] == "bad_request", reply
     await ws.send_raw('{"type":"PUBLISH","id":"%s","data":{}}' % lone)
     assert (await ws.next("ERROR"))["data"]["code"] == "bad_request"
+    # a refusal that names a field under a key holding a lone surrogate can still be written
+    await ws.send_raw('{"type":"PUBLISH","id":"k","data":{"channel":"public.s","data":{"%s":NaN}}}' % lone)
+    reply = await ws.next("ERROR")
+    assert reply["id"] == "k" and reply["data"]["code"] == "bad_request" and reply["data"]["field"].startswith("frame.data.data.")
     await ws.close()
+    async with shared_server.http("alice") as c:
+        r = await c.post("/api/channels/public.s/publish", content='{"data": {"%s": NaN}}' % lone, headers=JSON)
+        assert error_of(r, 422, "bad_request")["field"].startswith("body.data.")
     log_is_bounded(shared_server)
 
 
@@ -352,3 +361,23 @@ async def test_metrics_labels_only_name_known_frame_types(shared_server) -> None
     assert "MADE_UP" not in text
     assert 'tether_messages_in_total{type="unknown"}' in text and 'tether_messages_in_total{type="PUBLISH"}' in text
     await ws.close()
+
+
+@pytest.mark.parametrize("transport", ["native", "asgi"])
+def test_a_frame_far_over_the_limit_gets_its_1009_close_while_the_client_still_sends(server_factory, transport) -> None:
+    """The close frame must reach the client, not be destroyed by a TCP reset of the unread rest."""
+    srv = server_factory("--ws-transport", transport, "--max-frame-bytes", "4096")
+    for _ in range(25):  # a race without the fix (lost about one time in three): repeat it
+        with connect(srv.ws_url("alice"), max_size=None, open_timeout=10) as ws:
+            assert json.loads(ws.recv(10))["type"] == "CONNECTED"
+            with pytest.raises(ConnectionClosed) as closed:
+                ws.send('"' + "w" * 4_000_000 + '"')  # far over the limit: the parser fails it at its header
+                for _ in range(50):
+                    ws.send(json.dumps({"type": "PING", "data": {"timestamp": 1}}))
+                while True:
+                    ws.recv(10)
+            assert closed.value.rcvd is not None, "the connection was dropped without its close frame"
+            assert closed.value.rcvd.code == 1009 and closed.value.rcvd.reason
+    with connect(srv.ws_url("alice"), open_timeout=10) as ws:  # and the server is fine
+        assert json.loads(ws.recv(10))["type"] == "CONNECTED"
+
