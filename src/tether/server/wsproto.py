@@ -157,7 +157,8 @@ class TetherWebSocketProtocol(WebSocketsSansIOProtocol):
         self.close_sent = True
         if self.transport.can_write_eof():
             self.transport.write_eof()
-            self.loop.call_later(LINGER, self.transport.close)
+            # As close_timer, uvicorn does not close the socket when the app returns meanwhile.
+            self.close_timer = self.loop.call_later(LINGER, self.transport.close)
         else:
             self.transport.close()
 
