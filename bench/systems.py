@@ -114,6 +114,7 @@ class Server:
             # Limits raised so the bench measures throughput, not the abuse guards.
             "tether": [py, "-m", "tether", "serve", "--port", p, "--data-dir", str(self.dir),
                        "--rate-per-connection", "1e9", "--rate-burst", "1000000000", "--rate-per-user", "1e9",
+                       "--rest-rate-per-user", "1e9", "--rest-rate-burst", "1000000000",
                        "--api-key", API_KEY, "--log-level", "warning"],
             "websockets-broadcast": [py, str(PEERS / "ws_broadcast.py"), p],
             "python-socketio": [py, str(PEERS / "socketio_py.py"), p],

@@ -160,7 +160,8 @@ class Contender:
 
 
 async def test_no_two_holders_accepted_under_contention(server_factory) -> None:
-    srv = server_factory("--rate-per-connection", "100000", "--rate-burst", "100000", "--rate-per-user", "100000")
+    srv = server_factory("--rate-per-connection", "100000", "--rate-burst", "100000", "--rate-per-user", "100000",
+                         "--rest-rate-per-user", "100000", "--rest-rate-burst", "100000")
     rounds, pauses = 1000, {150, 400, 650, 900}  # these grants pause past their 1 s TTL
     resource = Resource()
     contenders = [Contender(ws=await WsClient.connect(srv, f"ws{i}")) for i in range(4)]

@@ -54,6 +54,14 @@ def main() -> None:
               help="Requests per second all of one user's connections may sustain together.")
 @click.option("--send-queue-frames", type=int, default=2000, show_default=True, envvar=_env("send_queue_frames"),
               help="Frames a connection may have waiting before it is closed as a slow consumer.")
+@click.option("--max-body-bytes", type=int, default=1024 * 1024, show_default=True, envvar=_env("max_body_bytes"),
+              help="Largest REST request body; a larger one is refused with 413.")
+@click.option("--rest-rate-per-user", type=float, default=50.0, show_default=True, envvar=_env("rest_rate_per_user"),
+              help="REST requests per second a user may sustain (the API key is exempt); over it: 429.")
+@click.option("--rest-rate-burst", type=int, default=100, show_default=True, envvar=_env("rest_rate_burst"),
+              help="REST requests a user may send at once above its sustained rate.")
+@click.option("--max-streams-per-user", type=int, default=8, show_default=True, envvar=_env("max_streams_per_user"),
+              help="Streams a user may have open at once.")
 @click.option("--history-size", type=int, default=1000, show_default=True, envvar=_env("history_size"),
               help="Events a channel keeps for recovery after a reconnect.")
 @click.option("--history-ttl", type=float, default=3600.0, show_default=True, envvar=_env("history_ttl"),

@@ -45,7 +45,7 @@ class Identity:
 
 
 def valid_id(value: str) -> bool:
-    return bool(_ID.match(value))
+    return bool(_ID.fullmatch(value))  # fullmatch: '$' alone lets a trailing newline through
 
 
 class Authenticator:

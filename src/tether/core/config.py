@@ -29,6 +29,10 @@ class Settings:
     rate_burst: int = 200
     rate_per_user: float = 300.0
     send_queue_frames: int = 2000
+    max_body_bytes: int = 1024 * 1024  # a REST request body over this is refused (413) before it is read
+    rest_rate_per_user: float = 50.0  # REST requests per second per user (API key exempt), sustained …
+    rest_rate_burst: int = 100  # … after a burst of this many; over it: 429 with Retry-After
+    max_streams_per_user: int = 8  # open STREAM_STARTs per user (each holds at most a frame's worth of text)
     history_size: int = 1000
     history_ttl: float = 3600.0
     history_sweep: float = 60.0  # seconds between deletions of expired history (quiet channels included)

@@ -23,6 +23,7 @@ from tether.core.auth import Identity
 from tether.core.config import Settings
 from tether.core.hub import Hub
 from tether.core.idempotency import Idempotency
+from tether.core.logs import one_line
 from tether.core.metrics import Metrics
 from tether.core.namespaces import Namespaces
 from tether.wire import protocol
@@ -327,8 +328,8 @@ class Connection:
                 outcome = await op(self, data)
         except TetherError as exc:
             outcome = exc
-        except Exception:
-            log.exception("request %s failed", frame.type)
+        except Exception as exc:
+            log.error("request %s failed: %s", frame.type, one_line(exc))  # one line: a client must not fill the disk
             outcome = TetherError("unavailable", f"{frame.type} failed inside the server; retry")
         finally:
             self.node.metrics.request_latency.labels(frame.type).observe(time.perf_counter() - started)

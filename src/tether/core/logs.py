@@ -18,8 +18,24 @@ class JsonFormatter(logging.Formatter):
             "msg": record.getMessage(),
         }
         if record.exc_info:
-            entry["exc"] = self.formatException(record.exc_info)
+            text = self.formatException(record.exc_info)
+            # Bounded: a deep recursion's traceback is ~100 KB; the last frames say where it broke.
+            entry["exc"] = text if len(text) <= MAX_EXC else "…" + text[-MAX_EXC:]
         return dumps(entry)
+
+
+MAX_EXC = 8192  # characters of traceback kept per log line
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception as one short line: its type, message and the line that raised it."""
+    where, tb = "", exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    if tb is not None:
+        code = tb.tb_frame.f_code
+        where = f" at {code.co_filename.rsplit('/', 1)[-1]}:{tb.tb_lineno} in {code.co_name}"
+    return f"{type(exc).__name__}: {str(exc)[:200]}{where}"
 
 
 def configure(level: str = "info") -> None:

@@ -67,6 +67,7 @@ class Node:
         self.features = [cls(self) for cls in features]
         self.access = AccessWatch(self)  # live re-checks of subscriptions, REFRESH
         self._user_buckets: dict[str, TokenBucket] = {}
+        self._rest_buckets: dict[str, TokenBucket] = {}  # REST requests per user (tether.core.rest)
         self._keepalive_task: asyncio.Task[None] | None = None
         self.started = False
         # Set when the node drains (SIGTERM): /healthz fails and new WebSockets are refused with 503.
@@ -211,6 +212,20 @@ class Node:
             s = self.settings
             bucket = self._user_buckets[user_id] = TokenBucket(s.rate_per_user, s.rate_per_user * 2)
         return bucket.take()
+
+    def rest_rate(self, user_id: str) -> float | None:
+        """Take one REST request from the user's bucket: None if allowed, else seconds to wait."""
+        buckets, s = self._rest_buckets, self.settings
+        bucket = buckets.get(user_id)
+        if bucket is None:
+            if len(buckets) >= 10_000:  # forget idle users (their buckets are full again)
+                idle = time.monotonic() - s.rest_rate_burst / s.rest_rate_per_user
+                for uid in [u for u, b in buckets.items() if b.stamp < idle]:
+                    del buckets[uid]
+            bucket = buckets[user_id] = TokenBucket(s.rest_rate_per_user, s.rest_rate_burst)
+        if bucket.take():
+            return None
+        return (1 - bucket.tokens) / bucket.rate
 
     async def _keepalive(self) -> None:
         """One timer for all connections: PING the quiet ones, close the silent ones."""

@@ -6,15 +6,17 @@ Features declare their routes with FastAPI's ``APIRouter``; the server layer
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Any
 
+from annotated_types import Ge, Le
 from fastapi import Depends, Request
-from annotated_types import Ge
 from pydantic import BeforeValidator, Strict
 
 from tether.core.auth import Identity
 from tether.core.node import Node
 from tether.wire.errors import TetherError
+from tether.wire.jsoncheck import INT_MAX
 
 
 def get_node(request: Request) -> Node:
@@ -23,7 +25,13 @@ def get_node(request: Request) -> Node:
 
 def get_caller(request: Request) -> Identity:
     node: Node = request.app.state.node
-    return node.auth.headers(request.headers.get("authorization"), request.headers.get("x-api-key"))
+    who = node.auth.headers(request.headers.get("authorization"), request.headers.get("x-api-key"))
+    if not who.is_server:  # a backend with the API key is trusted with its own pace
+        wait = node.rest_rate(who.user_id)
+        if wait is not None:
+            raise TetherError("rate_limited", "too many requests: slow down and retry",
+                              retry_after=max(1, math.ceil(wait)))
+    return who
 
 
 def _whole(value: Any) -> Any:
@@ -34,7 +42,7 @@ def _whole(value: Any) -> Any:
 # is 30; "30", true and 30.5 are refused.
 JsonInt = Annotated[int, Strict(), BeforeValidator(_whole)]
 # The same, at least 1 (bounds must sit inside the one Annotated to reach the JSON schema when optional).
-JsonVersion = Annotated[int, Strict(), Ge(1), BeforeValidator(_whole)]
+JsonVersion = Annotated[int, Strict(), Ge(1), Le(INT_MAX), BeforeValidator(_whole)]
 
 NodeDep = Annotated[Node, Depends(get_node)]
 Caller = Annotated[Identity, Depends(get_caller)]

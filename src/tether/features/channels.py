@@ -13,7 +13,8 @@ from tether.core.idempotency import scope
 from tether.core.node import Feature
 from tether.core.rest import Caller, NodeDep
 from tether.wire import protocol
-from tether.wire.errors import bad_request, forbidden
+from tether.wire.errors import TetherError, bad_request, forbidden
+from tether.wire.jsonutil import dumps
 
 
 class PublishBody(BaseModel):
@@ -84,6 +85,10 @@ class ChannelsFeature(Feature):
             protocol.check_channel(channel)
             event_type = publishable_type(who, body.type, node.ops)
             await node.namespaces.may_publish(who, channel)
+            size = len(dumps(body.data))  # the same bound as a WebSocket PUBLISH, whose frame holds the data
+            if size > node.settings.max_frame_bytes:
+                raise TetherError("too_large", f"data is {size} bytes of JSON, over the "
+                                               f"{node.settings.max_frame_bytes}-byte frame limit", field="data")
 
             async def run() -> dict[str, Any]:
                 position = await node.publish(channel, event_type, body.data)

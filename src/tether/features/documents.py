@@ -41,6 +41,7 @@ from tether.features.document_access import (
     scope_channels,
 )
 from tether.wire.errors import TetherError, forbidden
+from tether.wire.jsoncheck import INT_MAX
 from tether.wire.jsonutil import dumps, loads
 from tether.wire.timestamps import now_iso
 
@@ -95,7 +96,7 @@ IfMatch = Annotated[str | None, Header(alias="If-Match", json_schema_extra={"pat
 IfNoneMatch = Annotated[str | None, Header(alias="If-None-Match", json_schema_extra={"pattern": PRECONDITION_PATTERN})]
 Limit = Annotated[int, Query(ge=1, le=MAX_LIMIT)]
 After = Annotated[str | None, Query(pattern=ID_PATTERN)]
-Version = Annotated[int | None, Query(ge=1)]
+Version = Annotated[int | None, Query(ge=1, le=INT_MAX)]
 
 
 class _Body(BaseModel):
@@ -136,13 +137,13 @@ def parse(model: type[BaseModel], data: dict[str, Any], *drop: str) -> Any:
 
 
 def check_collection(value: Any) -> str:
-    if not isinstance(value, str) or not _COLLECTION_RE.match(value):
+    if not isinstance(value, str) or not _COLLECTION_RE.fullmatch(value):
         raise invalid("collection", "must be 1-64 letters, digits, _ or -")
     return value
 
 
 def check_id(value: Any, field: str = "id") -> str:
-    if not isinstance(value, str) or not _ID_RE.match(value):
+    if not isinstance(value, str) or not _ID_RE.fullmatch(value):
         raise invalid(field, "must be 1-128 letters, digits or _ . @ + -")
     return value
 
@@ -508,7 +509,7 @@ class DocumentsFeature(Feature):
 
     async def may_subscribe(self, who: Identity, channel: str) -> None:
         parsed = parse_channel(channel)
-        if parsed is None or not _COLLECTION_RE.match(parsed[0]):
+        if parsed is None or not _COLLECTION_RE.fullmatch(parsed[0]):
             raise forbidden(f"{channel!r} is not a collections channel: use collections.{{collection}}, "
                             "collections.{collection}.documents.{id} or collections.{collection}.users.{userId}")
         collection, kind, rest = parsed

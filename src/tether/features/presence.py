@@ -293,6 +293,11 @@ class PresenceFeature(Feature):
         """Presence of a key that is a channel (``sessions.x``, ``users.bob``) is for those who
         may subscribe to that channel; a plain key (``room1``) is open to every signed-in user."""
         protocol.check_channel(key, "key")
+        if key.startswith(PREFIX):
+            # A presence key is never a presence channel: asking its namespace (``presence.*``,
+            # whose rule is this guard) would recurse without end for ``presence.``.
+            raise TetherError("bad_request", f"'key' must not start with {PREFIX!r} (that is the events channel "
+                                             "of a key, not a key)", field="key")
         try:
             ns = self.node.namespaces.find(key)
         except TetherError:

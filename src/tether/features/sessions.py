@@ -41,6 +41,7 @@ from tether.core.node import Feature
 from tether.core.rest import Caller, JsonInt, NodeDep
 from tether.storage.database import Queries, Row
 from tether.wire.errors import TetherError, forbidden, not_found
+from tether.wire.jsoncheck import INT_MAX
 from tether.wire.jsonutil import dumps, loads
 from tether.wire.timestamps import precise_now, wire
 
@@ -200,8 +201,8 @@ class ListQuery(BaseModel):
 
 class MessagesQuery(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    before: Annotated[int, Field(ge=0)] | None = None
-    after: Annotated[int, Field(ge=0)] | None = None
+    before: Annotated[int, Field(ge=0, le=INT_MAX)] | None = None  # SQL integers are 64-bit
+    after: Annotated[int, Field(ge=0, le=INT_MAX)] | None = None
     limit: Annotated[int, Field(ge=1, le=200)] = 50
 
 

@@ -54,6 +54,9 @@ log = logging.getLogger("tether.streams")
 COALESCE = 0.05  # seconds of deltas merged into one STREAM_DELTA event
 MAX_CHARS = 1_000_000  # a stream's content is bounded like everything else
 MAX_PER_CONNECTION = 16
+# Room in a STREAM_STATE frame for all but the metadata and the content (ids, channel, timestamps),
+# so the content so far always fits in one frame of --max-frame-bytes.
+FRAME_OVERHEAD = 1024
 
 SCHEMA = [
     """CREATE TABLE IF NOT EXISTS streams (
@@ -76,6 +79,8 @@ class Live:
     chunks: list[str] = field(default_factory=list)  # everything published so far
     length: int = 0
     buffer: list[str] = field(default_factory=list)  # received, not yet published
+    meta_bytes: int = 0  # the metadata's JSON size
+    used: int = 0  # JSON bytes of metadata + content accepted so far (bounded by budget())
     pending: int = 0
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     flusher: asyncio.Task[None] | None = None
@@ -118,10 +123,19 @@ class StreamsFeature(Feature):
             meta = await sink.accept(conn.identity, channel, meta)
         else:
             await self.node.namespaces.may_publish(conn.identity, channel)
+        meta_bytes = len(dumps(meta))
+        if meta_bytes > self.budget():
+            raise TetherError("too_large", f"'data' is {meta_bytes} bytes of JSON; a stream holds at most "
+                                           f"{self.budget()} with its content", field="data")
         mine = conn.state.setdefault("streams", set())
         mine.intersection_update(self.live)
         if len(mine) >= MAX_PER_CONNECTION:
             raise TetherError("too_large", f"at most {MAX_PER_CONNECTION} open streams per connection: end one first")
+        cap = self.node.settings.max_streams_per_user
+        row = await self.node.db.fetchone(
+            "SELECT COUNT(*) AS n FROM streams WHERE user_id = ? AND status = 'streaming'", conn.user_id)
+        if row is not None and int(row["n"]) >= cap:  # every node's streams: the table is shared
+            raise TetherError("too_large", f"at most {cap} open streams per user: end one first")
         now = time.time()
         inserted = await self.node.db.execute(
             """INSERT INTO streams (stream_id, channel, user_id, device_id, meta, content, length, status, started_at, updated_at)
@@ -130,7 +144,8 @@ class StreamsFeature(Feature):
         if not inserted:
             raise TetherError("conflict", f"stream {stream_id!r} already exists")
         self.live[stream_id] = Live(stream_id, channel, conn.user_id, conn.id, sink=sink, meta=meta, asked=asked,
-                                    limit=min(MAX_CHARS, sink.max_chars) if sink else MAX_CHARS)
+                                    limit=min(MAX_CHARS, sink.max_chars) if sink else MAX_CHARS,
+                                    meta_bytes=meta_bytes, used=meta_bytes)
         mine.add(stream_id)
         position = await self.node.publish(channel, "STREAM_STARTED", {
             "stream_id": stream_id, "userId": conn.user_id, "deviceId": conn.device_id, "data": meta,
@@ -168,12 +183,21 @@ class StreamsFeature(Feature):
         if live.length + live.pending + len(text) > live.limit:
             raise TetherError("too_large", f"a stream on {live.channel} holds at most {live.limit} characters: "
                                            "end it (what was sent so far stays)")
+        cost = len(dumps(text)) - 2  # as it will sit, JSON-escaped, in STREAM_STATE
+        if live.used + cost > self.budget():
+            raise TetherError("too_large", f"a stream's content and metadata fit in one frame: at most "
+                                           f"{self.budget()} bytes of JSON", field="delta")
+        live.used += cost
         if text:
             live.buffer.append(text)
             live.pending += len(text)
             if live.flusher is None:
                 live.flusher = asyncio.create_task(self._flush_soon(live))
         return {"stream_id": live.stream_id, "length": live.length + live.pending}
+
+    def budget(self) -> int:
+        """JSON bytes a stream's metadata and content may take together."""
+        return max(self.node.settings.max_frame_bytes - FRAME_OVERHEAD, 0)
 
     async def _flush_soon(self, live: Live) -> None:
         await asyncio.sleep(COALESCE)
@@ -208,6 +232,9 @@ class StreamsFeature(Feature):
         if final is not None and (not isinstance(final, str) or len(final) > live.limit):
             raise TetherError("too_large" if isinstance(final, str) else "bad_request",
                               f"'content' must be the final text (a string of at most {live.limit} characters)")
+        if final is not None and live.meta_bytes + len(dumps(final)) - 2 > self.budget():
+            raise TetherError("too_large", f"'content' and the stream's metadata exceed {self.budget()} "
+                                           "bytes of JSON", field="content")
         async with live.lock:
             if live.flusher is not None:
                 live.flusher.cancel()

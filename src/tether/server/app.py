@@ -13,6 +13,7 @@ from tether.core.config import Settings
 from tether.core.node import Feature, Node
 from tether.features import DEFAULT_FEATURES
 from tether.server import origins, ws
+from tether.server.guard import InputGuard
 from tether.server.http import error_body, install_error_handlers
 from tether.server.openapi import install_openapi
 from tether.server.pages import install_pages
@@ -49,6 +50,8 @@ def create_app(settings: Settings, features: list[type[Feature]] | None = None) 
     )
     app.state.node = node
     install_error_handlers(app)
+    app.add_middleware(InputGuard, max_body_bytes=settings.max_body_bytes,
+                       on_error=lambda code: node.metrics.errors.labels(code).inc())
     allowed = origins.parse(settings.cors_origins)
     if allowed:
         app.add_middleware(origins.ApiCors, origins=allowed)

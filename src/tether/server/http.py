@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
+from tether.core.logs import one_line
 from tether.wire.errors import STATUS, TetherError
 
 log = logging.getLogger("tether.http")
@@ -36,7 +37,8 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(TetherError)
     async def _tether(request: Request, exc: TetherError) -> JSONResponse:
         request.app.state.node.metrics.errors.labels(exc.code).inc()
-        return JSONResponse(error_body(exc.code, exc.message, **exc.extra), status_code=exc.status)
+        headers = {"Retry-After": str(exc.extra["retry_after"])} if "retry_after" in exc.extra else None
+        return JSONResponse(error_body(exc.code, exc.message, **exc.extra), status_code=exc.status, headers=headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -60,6 +62,6 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def _crash(request: Request, exc: Exception) -> JSONResponse:
         # A bug or a lost backend: answer "unavailable" (retryable), never a bare 500.
-        log.exception("%s %s failed", request.method, request.url.path)
+        log.error("%s %s failed: %s", request.method, request.url.path, one_line(exc))  # one line, never a traceback
         request.app.state.node.metrics.errors.labels("unavailable").inc()
         return JSONResponse(error_body("unavailable", "the server could not complete this request; retry"), status_code=503)

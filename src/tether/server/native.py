@@ -43,6 +43,7 @@ from tether.wire.protocol import CLOSE_SHUTDOWN, CLOSE_TOO_LARGE
 log = logging.getLogger("tether.ws")
 
 CLOSE_TIMEOUT = 10.0  # seconds to wait for the peer's close frame, as uvicorn does
+LINGER = 2.0  # seconds a failed connection keeps reading (and discarding) so its close frame arrives
 PAUSE_READING = 64  # messages waiting to be handled before the socket stops being read
 
 
@@ -200,7 +201,15 @@ class NativeSocket(asyncio.Protocol):
         for data in self.ws.data_to_send():
             if data:
                 self.transport.write(data)
-            else:  # end of stream: the closing handshake is over (or failed)
+            elif self.ws.close_rcvd is None and self.transport.can_write_eof():
+                # We failed the connection (a frame far over the limit) while the peer may still be
+                # sending: closing now would answer its data with a TCP reset, which can destroy our
+                # close frame before the peer reads it. Half-close, let the parser discard what still
+                # arrives, and close when the peer does (or after a grace period).
+                self.transport.write_eof()
+                if self._close_timer is None:
+                    self._close_timer = self._loop.call_later(LINGER, self.transport.close)
+            else:  # end of stream: the closing handshake is over
                 self.transport.close()
 
     # -- in -------------------------------------------------------------------

@@ -29,7 +29,7 @@ from websockets.http11 import Request
 
 from tether.core.connection import Connection
 from tether.server import origins
-from tether.server.native import NativeSocket, frame
+from tether.server.native import LINGER, NativeSocket, frame
 from tether.wire.errors import TetherError
 from tether.wire.protocol import CLOSE_UNAUTHORIZED
 
@@ -150,6 +150,28 @@ class TetherWebSocketProtocol(WebSocketsSansIOProtocol):
         if self.native is not None:
             return self.native.resume_writing()
         super().resume_writing()
+
+    lingering = False
+
+    def handle_parser_exception(self) -> None:
+        # uvicorn's, except that the socket is not closed at once: a frame far over the limit is
+        # failed with 1009 while the peer is still sending it, and closing now would answer with a
+        # TCP reset that can destroy the close frame on its way (see native.LINGER). Later data is
+        # discarded by the parser.
+        if self.lingering:
+            return
+        self.lingering = True
+        assert self.conn.close_sent is not None
+        close = self.conn.close_sent
+        self.queue.put_nowait({"type": "websocket.disconnect", "code": close.code, "reason": close.reason})
+        self.transport.write(b"".join(self.conn.data_to_send()))
+        self.close_sent = True
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+            # As close_timer, uvicorn does not close the socket when the app returns meanwhile.
+            self.close_timer = self.loop.call_later(LINGER, self.transport.close)
+        else:
+            self.transport.close()
 
     def handle_connect(self, event: Any) -> None:
         super().handle_connect(event)

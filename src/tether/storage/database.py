@@ -5,6 +5,8 @@ from __future__ import annotations
 from contextvars import ContextVar
 from typing import Any, AsyncContextManager, Callable, Protocol
 
+from tether.wire.errors import TetherError
+
 Row = dict[str, Any]
 
 
@@ -34,6 +36,12 @@ def rider() -> Rider | None:
     """The current request's rider, while it still has to be committed."""
     r = riding.get()
     return None if r is None or r.done else r
+
+
+def out_of_range() -> TetherError:
+    """A Python int that no SQL integer holds: the client's number, refused (never a 5xx).
+    The edges refuse such numbers first (``tether.wire.jsoncheck``); this catches any that slip by."""
+    return TetherError("bad_request", "a number is out of range (integers are signed 64-bit)", status=422)
 
 
 def is_write(sql: str) -> bool:

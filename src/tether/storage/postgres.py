@@ -20,7 +20,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import asyncpg
 
-from tether.storage.database import OneStatement, Row, is_write, rider
+from tether.storage.database import OneStatement, Row, is_write, out_of_range, rider
 from tether.wire.errors import TetherError
 
 #: One lock id for all Tether DDL (any stable 64-bit number works).
@@ -72,13 +72,21 @@ def _unavailable(exc: BaseException) -> TetherError:
     return TetherError("unavailable", f"the database is unreachable ({type(exc).__name__}); retry shortly")
 
 
+def _refused(exc: asyncpg.DataError) -> BaseException:
+    # asyncpg refuses an int past 64 bits before sending it ("value out of int64 range")
+    return out_of_range() if isinstance(exc.__cause__, OverflowError) or "out of" in str(exc) else exc
+
+
 class _Queries:
     def __init__(self, conn: Any) -> None:  # a connection, or the pool (same methods)
         self._conn = conn
         self.changed = 0  # rows written so far: a transaction that wrote nothing carries no rider
 
     async def execute(self, sql: str, *args: Any) -> int:
-        n = rowcount(await self._conn.execute(translate(sql), *args))
+        try:
+            n = rowcount(await self._conn.execute(translate(sql), *args))
+        except asyncpg.DataError as exc:
+            raise _refused(exc) from None
         self.changed += n
         return n
 
@@ -86,13 +94,19 @@ class _Queries:
         await self._conn.executemany(translate(sql), rows)  # asyncpg reports no row count here
 
     async def fetchone(self, sql: str, *args: Any) -> Row | None:
-        row = await self._conn.fetchrow(translate(sql), *args)
+        try:
+            row = await self._conn.fetchrow(translate(sql), *args)
+        except asyncpg.DataError as exc:
+            raise _refused(exc) from None
         if row is not None and is_write(sql):  # INSERT/UPDATE … RETURNING
             self.changed += 1
         return dict(row) if row is not None else None
 
     async def fetchall(self, sql: str, *args: Any) -> list[Row]:
-        rows = [dict(r) for r in await self._conn.fetch(translate(sql), *args)]
+        try:
+            rows = [dict(r) for r in await self._conn.fetch(translate(sql), *args)]
+        except asyncpg.DataError as exc:
+            raise _refused(exc) from None
         if is_write(sql):
             self.changed += len(rows)
         return rows

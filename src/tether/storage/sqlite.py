@@ -15,7 +15,7 @@ from typing import Any, AsyncIterator
 
 import aiosqlite
 
-from tether.storage.database import OneStatement, Row, is_write, rider
+from tether.storage.database import OneStatement, Row, is_write, out_of_range, rider
 
 
 class _Queries:
@@ -23,8 +23,14 @@ class _Queries:
         self._conn = conn
         self.changed = 0  # rows written so far: a transaction that wrote nothing carries no rider
 
+    async def _run(self, sql: str, args: tuple[Any, ...]) -> aiosqlite.Cursor:
+        try:
+            return await self._conn.execute(sql, args)
+        except OverflowError:  # "Python int too large to convert to SQLite INTEGER"
+            raise out_of_range() from None
+
     async def execute(self, sql: str, *args: Any) -> int:
-        cur = await self._conn.execute(sql, args)
+        cur = await self._run(sql, args)
         self.changed += max(cur.rowcount, 0)
         return cur.rowcount
 
@@ -33,14 +39,14 @@ class _Queries:
         self.changed += max(cur.rowcount, 0)
 
     async def fetchone(self, sql: str, *args: Any) -> Row | None:
-        cur = await self._conn.execute(sql, args)
+        cur = await self._run(sql, args)
         row = await cur.fetchone()
         if row is not None and is_write(sql):  # INSERT/UPDATE … RETURNING
             self.changed += 1
         return dict(row) if row is not None else None
 
     async def fetchall(self, sql: str, *args: Any) -> list[Row]:
-        cur = await self._conn.execute(sql, args)
+        cur = await self._run(sql, args)
         rows = [dict(r) for r in await cur.fetchall()]
         if is_write(sql):
             self.changed += len(rows)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tether.wire.errors import TetherError, bad_request
+from tether.wire.jsoncheck import strict_loads
 from tether.wire.jsonutil import JSONDecodeError, dumps, loads
 
 # WebSocket close codes the clients act on (docs/protocol.md).
@@ -53,14 +54,11 @@ def parse(text: str | bytes) -> Frame:
     The ``id`` is recovered even from a frame that fails later checks, so the
     ERROR can still be matched to its request (see :func:`request_id`).
     """
-    try:
-        obj = loads(text)
-    except JSONDecodeError as exc:
-        raise bad_request(f"frame is not valid JSON: {exc}") from None
+    obj = strict_loads(text, "frame")  # also refuses what could not be stored or sent on (too deep, huge ints)
     if not isinstance(obj, dict):
         raise bad_request("frame must be a JSON object with a 'type'")
     ftype = obj.get("type")
-    if not isinstance(ftype, str) or not TYPE_RE.match(ftype):
+    if not isinstance(ftype, str) or not TYPE_RE.fullmatch(ftype):
         raise bad_request("frame 'type' must be an UPPER_SNAKE_CASE string")
     fid = obj.get("id")
     if fid is not None and not isinstance(fid, (str, int)):
@@ -95,7 +93,7 @@ def request_id(text: str | bytes) -> str | None:
 
 
 def check_channel(channel: Any, field: str = "channel") -> str:
-    if not isinstance(channel, str) or not CHANNEL_RE.match(channel):
+    if not isinstance(channel, str) or not CHANNEL_RE.fullmatch(channel):
         raise bad_request(
             f"'{field}' must be 1-255 characters of letters, digits and _ @ + - = : ."
         )
@@ -103,7 +101,7 @@ def check_channel(channel: Any, field: str = "channel") -> str:
 
 
 def check_type(value: Any, field: str = "type") -> str:
-    if not isinstance(value, str) or not TYPE_RE.match(value):
+    if not isinstance(value, str) or not TYPE_RE.fullmatch(value):
         raise bad_request(f"'{field}' must be an UPPER_SNAKE_CASE name (A-Z, 0-9, _; up to 64)")
     return value
 
