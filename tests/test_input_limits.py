@@ -18,7 +18,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 from fastapi import APIRouter
 
-from tests.helpers import API_KEY, WsClient, free_port
+from tests.helpers import WsClient, free_port
 from tests.services import unique
 from tether.core.auth import mint
 from tether.core.config import Settings
