@@ -32,13 +32,14 @@ def default_features() -> list[type[Feature]]:
     from tether.documents import DocumentsFeature
     from tether.events import EventsFeature
     from tether.locks import LocksFeature
+    from tether.notes import NotesFeature
     from tether.presence import PresenceFeature
     from tether.sessions import SessionsFeature
     from tether.streams import StreamsFeature
 
     return [
         ChannelsFeature, PresenceFeature, LocksFeature, DocumentsFeature,
-        SessionsFeature, EventsFeature, DevicesFeature, StreamsFeature,
+        SessionsFeature, NotesFeature, EventsFeature, DevicesFeature, StreamsFeature,
     ]
 
 
