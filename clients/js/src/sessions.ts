@@ -41,8 +41,8 @@ export class Sessions {
   async participants(id: string): Promise<Participant[]> {
     return (await this.client.rest("GET", `/api/sessions/${enc(id)}/participants`)).participants ?? [];
   }
-  /** One page of chat history; page back with `before` = the oldest message id you have. */
-  messages(id: string, page: { before?: string; after?: string; limit?: number } = {}): Promise<{ messages: ChatMessage[]; has_more: boolean }> {
+  /** One page of chat history; page back with `before` = the oldest message's `seq`. */
+  messages(id: string, page: { before?: number; after?: number; limit?: number } = {}): Promise<{ messages: ChatMessage[]; has_more: boolean }> {
     return this.client.rest("GET", `/api/sessions/${enc(id)}/messages${query(page)}`);
   }
   /** Sends a chat message through the outbox: kept across reloads while offline, applied once. */
@@ -52,7 +52,7 @@ export class Sessions {
   /** Chat messages of this session still waiting in the outbox (show them as pending). */
   pendingMessages(id: string): ChatMessage[] {
     return this.client.pending(`/api/sessions/${enc(id)}/messages`).map((e) => ({
-      id: `pending-${e.seq}`, session_id: id, user_id: this.client.me, message: e.payload.json.message,
+      id: `pending-${e.seq}`, seq: Number.MAX_SAFE_INTEGER, session_id: id, user_id: this.client.me, message: e.payload.json.message,
       message_type: e.payload.json.message_type, created_at: new Date(e.createdAt).toISOString(), pending: true,
     }));
   }

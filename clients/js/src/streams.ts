@@ -33,14 +33,15 @@ export class Stream {
 export class StreamWatch {
   readonly streams = new Map<string, StreamView>();
   sub: Subscription | null = null;
-  private offs: (() => void)[] = [];
+  private closed = false;
   constructor(private client: Client, readonly channel: string, private fn: (views: StreamView[]) => void) {}
 
   /** @internal */
   async start(): Promise<this> {
-    const h = (e: TetherEvent) => this.onEvent(e);
-    this.sub = await this.client.subscribe(this.channel);
-    for (const t of ["STREAM_STATE", "STREAM_STARTED", "STREAM_DELTA", "STREAM_ENDED"]) this.offs.push(this.sub.on(t, h));
+    // The handler is in place before the SUBSCRIBE goes out: STREAM_STATE arrives just before its ACK.
+    this.sub = await this.client.subscribe(this.channel, (e) => {
+      if (!this.closed && e.type.startsWith("STREAM_")) this.onEvent(e);
+    });
     return this;
   }
 
@@ -73,7 +74,7 @@ export class StreamWatch {
   }
 
   async close(): Promise<void> {
-    for (const off of this.offs) off();
+    this.closed = true;
   }
 }
 

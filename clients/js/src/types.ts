@@ -134,7 +134,9 @@ export interface Participant {
 export interface ChatMessage {
   id: string;
   session_id: string;
-  user_id: string;
+  /** Position in the session's chat (page back with `before: seq`). */
+  seq: number;
+  user_id: string | null;
   user_name?: string;
   message: string;
   message_type: "text" | "prayer" | "scripture" | "system";
