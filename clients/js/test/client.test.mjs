@@ -116,22 +116,25 @@ test("a lock is held and extended across 3x its TTL; the fencing token rises on 
 });
 
 test("server killed and restarted mid-stream: nothing lost, nothing doubled", async () => {
-  const pub = make("ivan:p"), sub = make("judy:s");
+  // The subscriber comes back later than the publisher, so it has events to recover by offset.
+  const pub = make("ivan:p"), sub = make("judy:s", { backoff: { base: 1.5, cap: 1.5, random: () => 1, maxAttempts: Infinity } });
   await pub.connect();
   await sub.connect();
-  const seen = [];
+  const seen = [], states = [];
+  sub.onState((s) => states.push(s));
   await sub.subscribe("public.crash", (e) => seen.push(e.data.i));
   const acks = [];
-  for (let i = 0; i < 200; i++) {
-    const w = await pub.publish("public.crash", { i });
-    acks.push(w.acked);
-    if (i === 60) await server.kill();
-    if (i === 120) await server.start();
-  }
+  for (let i = 0; i < 100; i++) acks.push((await pub.publish("public.crash", { i })).acked);
+  await until(() => seen.length >= 30, "some events before the crash");
+  await server.kill(); // mid-stream: some writes acknowledged, some in flight, some queued
+  for (let i = 100; i < 150; i++) acks.push((await pub.publish("public.crash", { i })).acked);
+  await server.start();
   await Promise.all(acks);
-  await until(() => seen.length >= 200, "200 events", 60000);
-  await new Promise((r) => setTimeout(r, 300));
-  assert.deepEqual(seen, Array.from({ length: 200 }, (_, i) => i));
+  await until(() => seen.length >= 150, "150 events", 60000);
+  await (await pub.publish("public.crash", { i: 150 })).acked;
+  await until(() => seen.length >= 151, "the last event");
+  assert.deepEqual(seen, Array.from({ length: 151 }, (_, i) => i));
+  assert.ok(states.includes("reconnecting"));
   assert.equal(pub.outboxSize, 0);
 });
 
@@ -148,4 +151,18 @@ test("pushed events reach typed handlers on the user channel", async () => {
   await until(() => progress.length >= 1 && credit.length >= 1, "pushed events");
   assert.deepEqual(progress, [0.25]);
   assert.deepEqual(credit, [7]);
+});
+
+test("a replay overlapping what was delivered (a tab far behind joining) reaches the app once", async () => {
+  const a = make("olga:a");
+  await a.connect();
+  const seen = [];
+  const sub = await a.subscribe("public.overlap", (e) => seen.push(e.data.i));
+  for (let i = 0; i < 10; i++) await (await a.publish("public.overlap", { i })).acked;
+  await until(() => seen.length === 10, "10 events");
+  // What the leader does for a tab whose position is older: SUBSCRIBE from it; every tab gets the replay.
+  await a.call("subscribe", { channel: "public.overlap", since: { offset: 2, epoch: sub.position.epoch } });
+  await (await a.publish("public.overlap", { i: 10 })).acked;
+  await until(() => seen.length >= 11, "the next event");
+  assert.deepEqual(seen, Array.from({ length: 11 }, (_, i) => i));
 });
