@@ -112,7 +112,7 @@ function NotFound() {
     <main id="main">
       <h1>Page not found</h1>
       <p>
-        <a href="/sessions">Go to the live sessions</a>
+        <a href="/sessions">Go to the list</a>
       </p>
     </main>
   );

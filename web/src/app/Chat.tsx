@@ -23,7 +23,8 @@ function bySeq(list: ChatMessage[]): ChatMessage[] {
 /** The chat log (oldest first, older pages on scroll up, streams growing live) and the composer. */
 export function Chat(props: { id: string; session: Session; canPost: boolean; sink: SessionEvents }) {
   const { id, canPost, sink } = props;
-  const { client, syncTick, state } = useTether();
+  const { client, me, syncTick, state } = useTether();
+  const liveIds = useRef(new Set<string>()); // messages that arrived while this page was open
     const [messages, setMessages] = useState<ChatMessage[]>([]);
   const [hasMore, setHasMore] = useState(false);
   const [loading, setLoading] = useState(true);
@@ -36,7 +37,10 @@ export function Chat(props: { id: string; session: Session; canPost: boolean; si
 
   // live messages from the session channel (SessionPage feeds them here)
   useEffect(() => {
-    sink.message = (m) => setMessages((cur) => bySeq([...cur, m]));
+    sink.message = (m) => {
+      liveIds.current.add(m.id);
+      setMessages((cur) => bySeq([...cur, m]));
+    };
     return () => {
       sink.message = undefined;
     };
@@ -90,7 +94,7 @@ export function Chat(props: { id: string; session: Session; canPost: boolean; si
     const el = log.current;
     keepFromBottom.current = el ? el.scrollHeight - el.scrollTop : null;
     try {
-      const r = await client.sessions.messages(id, { before: String(messages[0].seq), limit: PAGE });
+      const r = await client.sessions.messages(id, { before: messages[0].seq, limit: PAGE });
       setMessages((cur) => bySeq([...r.messages, ...cur]));
       setHasMore(r.has_more);
     } finally {
@@ -99,6 +103,15 @@ export function Chat(props: { id: string; session: Session; canPost: boolean; si
   }
 
   const stored = new Set(messages.map((m) => m.stream_id).filter(Boolean));
+  // A sent message can arrive on the channel a moment before its write settles in the outbox:
+  // hide the pending copy as soon as a message of ours with the same text arrived meanwhile.
+  const arrived = messages.filter((m) => m.user_id === me.userId && liveIds.current.has(m.id)).map((m) => m.message);
+  const waiting = pending.filter((p) => {
+    const i = arrived.indexOf(p.message);
+    if (i < 0) return true;
+    arrived.splice(i, 1);
+    return false;
+  });
   const growing = streams.filter((s) => !stored.has(s.streamId) && (s.status === "streaming" || s.content));
 
   useLayoutEffect(() => {
@@ -137,7 +150,7 @@ export function Chat(props: { id: string; session: Session; canPost: boolean; si
             <p>{s.content}</p>
           </article>
         ))}
-        {pending.map((m) => (
+        {waiting.map((m) => (
           <article key={m.id} class="msg pending">
             <header>
               <strong>You</strong>
@@ -163,7 +176,7 @@ export function Chat(props: { id: string; session: Session; canPost: boolean; si
             </p>
           </article>
         ))}
-        {!loading && !messages.length && !pending.length && !growing.length && (
+        {!loading && !messages.length && !waiting.length && !growing.length && (
           <p class="muted small" style="margin: auto">No messages yet. Say hello!</p>
         )}
       </div>
@@ -171,7 +184,10 @@ export function Chat(props: { id: string; session: Session; canPost: boolean; si
         <Composer
           id={id}
           onSent={() => setPending(client.sessions.pendingMessages(id))}
-          onAcked={(m) => setMessages((cur) => bySeq([...cur, m]))}
+          onAcked={(m) => {
+            liveIds.current.add(m.id);
+            setMessages((cur) => bySeq([...cur, m]));
+          }}
           onFailed={(f) => setFailed((cur) => [...cur, f])}
           stick={() => (stick.current = true)}
         />

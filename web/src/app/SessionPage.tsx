@@ -156,7 +156,7 @@ export function SessionPage(props: { id?: string; params?: { id?: string } }) {
         <h1>Session not found</h1>
         <p>{missing}</p>
         <p>
-          <a href="/sessions">Back to the live sessions</a>
+          <a href="/sessions">Back to the list</a>
         </p>
       </main>
     );
@@ -172,7 +172,7 @@ export function SessionPage(props: { id?: string; params?: { id?: string } }) {
   return (
     <main id="main" class="stack">
       <p class="small" style="margin: 0">
-        <a href="/sessions">← All live sessions</a>
+        <a href="/sessions">← Back to the list</a>
       </p>
       <div class="session">
         <div class="stack">
