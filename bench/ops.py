@@ -17,6 +17,7 @@ from typing import Any, Awaitable, Callable
 
 import orjson
 
+from bench.stats import ctx, percentile
 from bench.systems import API_KEY, Server
 from bench.wire import DIALECTS, Client, connect
 from bench.workers import _loop
@@ -194,7 +195,6 @@ async def _op_worker(port: int, transport: str, op: str, ids: list[int], shared:
 
 
 def run_op(port: int, transport: str, op: str, clients: int, procs: int, seconds: float, warmup: float) -> dict[str, Any]:
-    from bench.run import ctx, percentile
 
     procs = max(1, min(procs, clients))
     shared = type("Shared", (), {})()
@@ -317,7 +317,6 @@ async def _recover_worker(port: int, ids: list[int], missed: int, shared: Any) -
 def recovery(system: str, sizes: Any, status: Callable[[str], None]) -> dict[str, Any]:
     import httpx
 
-    from bench.run import ctx, percentile
 
     n, missed = sizes.recover, sizes.missed
     procs = max(1, min(sizes.procs, n))

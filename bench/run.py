@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import multiprocessing as mp
 import platform
 import time
 from array import array
@@ -10,10 +9,10 @@ from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any, Callable
 
+from bench import ops as _ops
 from bench import workers
+from bench.stats import ctx, percentile
 from bench.systems import Server, cpu_seconds, machine_busy
-
-ctx = mp.get_context("fork")  # workers inherit the shared counters; nothing to pickle
 
 
 @dataclass
@@ -109,13 +108,6 @@ class Load:
             p.join(10)
             if p.is_alive():
                 p.kill()
-
-
-def percentile(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    values = sorted(values)
-    return round(values[min(len(values) - 1, int(q * len(values)))], 3)
 
 
 def saturate(load: Load, server: Server | list[Server], plan: list[tuple[str, int]], budget: int, sizes: Sizes, status: Status) -> dict[str, Any]:
@@ -255,7 +247,6 @@ def cluster(system: str, sizes: Sizes, status: Status) -> dict[str, Any]:
     return out
 
 
-from bench import ops as _ops  # noqa: E402  (it imports this module's helpers lazily)
 
 WORKLOADS: dict[str, Callable[[str, Sizes, Status], dict[str, Any]]] = {
     "fanout": fanout,

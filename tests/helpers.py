@@ -20,7 +20,7 @@ from urllib.parse import quote
 import httpx
 import websockets
 
-from tether.jsonutil import dumps, loads
+from tether.wire.jsonutil import dumps, loads
 
 API_KEY = "test-api-key"
 
@@ -273,8 +273,8 @@ def fast_client(srv: ServerProcess, token: str = "alice:phone", store: str = ":m
 @contextlib.asynccontextmanager
 async def started_node(data_dir: Path, *features: Any, **settings: Any) -> AsyncIterator[Any]:
     """A started in-process Node (sans-I/O tests: no server, no sockets), stopped afterwards."""
-    from tether.config import Settings
-    from tether.node import Node
+    from tether.core.config import Settings
+    from tether.core.node import Node
 
     node = Node(Settings(data_dir=data_dir, ping_interval=1000, **settings), features=list(features))
     await node.start()

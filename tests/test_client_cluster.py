@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from tether.client import Backoff, Client
 from tests.cluster import Cluster
 from tests.helpers import WsClient
 from tests.services import unique
+from tether.client import Backoff, Client
 
 pytestmark = pytest.mark.services
 

@@ -13,11 +13,9 @@ from typing import Any
 
 import pytest
 
+from tests.helpers import FAST_BACKOFF as FAST
+from tests.helpers import ServerProcess, WsClient, eventually, fast_client, free_port
 from tether.client import Backoff, Client, Failed, ServerError
-from tests.helpers import FAST_BACKOFF as FAST, ServerProcess, WsClient, eventually, fast_client, free_port
-
-
-
 
 
 async def history(srv: ServerProcess, channel: str) -> list[dict[str, Any]]:

@@ -14,8 +14,9 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.helpers import FAST_BACKOFF as FAST
+from tests.helpers import ServerProcess, WsClient, eventually
 from tether.client import Backoff, Client, Conflict, ServerError
-from tests.helpers import FAST_BACKOFF as FAST, ServerProcess, WsClient, eventually
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from tether.client.errors import ClientError
 from tests.helpers import ServerProcess, WsClient, eventually, fast_client
 from tests.test_client_core import history
+from tether.client.errors import ClientError
 
 
 async def test_handler_may_subscribe_and_refresh(shared_server: ServerProcess) -> None:

@@ -15,12 +15,12 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tether.auth import Identity
-from tether.channels import ChannelsFeature
-from tether.config import Settings
-from tether.connection import Connection
-from tether.jsonutil import dumps, loads
-from tether.node import Node
+from tether.core.auth import Identity
+from tether.core.config import Settings
+from tether.core.connection import Connection
+from tether.core.node import Node
+from tether.features.channels import ChannelsFeature
+from tether.wire.jsonutil import dumps, loads
 
 CHANNEL = "public.prop"
 CLIENTS = 3

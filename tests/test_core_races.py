@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from tether.auth import Identity
-from tether.channels import ChannelsFeature
-from tether.connection import Connection
-from tether.feature import Feature
-from tether.idempotency import Idempotency
-from tether.storage.sqlite import SQLiteDatabase
 from tests.helpers import started_node
+from tether.core.auth import Identity
+from tether.core.connection import Connection
+from tether.core.idempotency import Idempotency
+from tether.core.node import Feature
+from tether.features.channels import ChannelsFeature
+from tether.storage.sqlite import SQLiteDatabase
 
 
 class FailingHook(Feature):
@@ -92,8 +92,8 @@ async def test_a_lost_access_feed_resyncs_document_subscribers(tmp_path: Path) -
     # The documents feature listens on its access channel with a pseudo-connection that had
     # no close(): a broker reporting that feed lost (Redis, after a gap; the channel keeps no
     # history) crashed hub.lost, and revocations missed meanwhile were never applied.
-    from tether.connection import CLOSE_RESYNC
-    from tether.documents import ACCESS_CHANNEL, DocumentsFeature
+    from tether.features.documents import ACCESS_CHANNEL, DocumentsFeature
+    from tether.wire.protocol import CLOSE_RESYNC
 
     async with started_node(tmp_path, ChannelsFeature, DocumentsFeature) as node:
         reader, other = Connection(node, Identity("bob")), Connection(node, Identity("carol"))
@@ -156,7 +156,7 @@ async def test_leaving_while_the_broker_join_is_in_flight_leaves_no_broker_subsc
 async def test_events_held_during_subscribe_are_bounded_like_the_send_queue(tmp_path: Path) -> None:
     # Live events held back while SUBSCRIBE reads history (or a snapshot is sent) bypassed the
     # send queue's bound: a hot channel during a slow read grew the held list without limit.
-    from tether.connection import CLOSE_SLOW
+    from tether.wire.protocol import CLOSE_SLOW
 
     async with started_node(tmp_path, ChannelsFeature, send_queue_frames=10) as node:
         conn = Connection(node, Identity("alice"))
@@ -172,8 +172,8 @@ async def test_a_refused_resubscribe_keeps_the_subscription_it_had(tmp_path: Pat
     # A SUBSCRIBE repeated on a channel the connection already had, refused by a hook (here an
     # oversized presence state), dropped the existing subscription silently; on users.{me}
     # the connection lost its own channel for good.
-    from tether.jsonutil import dumps, loads
-    from tether.presence import MAX_STATE, PresenceFeature
+    from tether.features.presence import MAX_STATE, PresenceFeature
+    from tether.wire.jsonutil import dumps, loads
 
     async with started_node(tmp_path, ChannelsFeature, PresenceFeature) as node:
         conn = Connection(node, Identity("alice"))

@@ -6,9 +6,9 @@ import asyncio
 
 import pytest
 
-from tether.auth import mint
 from tests.helpers import RequestFailed, WsClient
 from tests.services import unique
+from tether.core.auth import mint
 
 SYNC_TYPES = {"SHOOT_PROGRESS", "CREDIT_UPDATE", "DEVICE_CONNECTED", "DEVICE_DISCONNECTED", "PROMPT_CHANGE"}
 

@@ -419,6 +419,6 @@ async def test_validation_errors_name_the_field(shared_server) -> None:
     ({}, {"a": {"bb": {"ccc": None}}}, {"a": {"bb": {}}}),
 ])
 def test_merge_patch_follows_rfc_7386(target, patch, result) -> None:
-    from tether.documents import merge_patch
+    from tether.features.documents import merge_patch
 
     assert merge_patch(target, patch) == result

@@ -9,16 +9,16 @@ from typing import Any, AsyncIterator
 
 import pytest
 
-from tether.auth import Identity
-from tether.channels import ChannelsFeature
-from tether.documents import DocumentsFeature
-from tether.errors import TetherError
-from tether.events import EventsFeature
-from tether.idempotency import APPLIED
-from tether.jsonutil import loads
-from tether.locks import LocksFeature
 from tests.helpers import started_node
 from tests.services import need_postgres, unique, with_query
+from tether.core.auth import Identity
+from tether.core.idempotency import APPLIED
+from tether.features.channels import ChannelsFeature
+from tether.features.documents import DocumentsFeature
+from tether.features.events import EventsFeature
+from tether.features.locks import LocksFeature
+from tether.wire.errors import TetherError
+from tether.wire.jsonutil import loads
 
 
 class Crash(BaseException):
@@ -51,7 +51,7 @@ async def crashed(node: Any, key: str, write: Any) -> None:
 
 async def test_a_document_update_is_not_applied_again_after_a_crash(node: Any) -> None:
     docs = node.feature(DocumentsFeature).docs
-    from tether.documents import CreateBody, ReplaceBody
+    from tether.features.documents import CreateBody, ReplaceBody
 
     alice = Identity("alice")
     await docs.create(alice, "boards", CreateBody(id="b1", data={"n": 0}))
@@ -80,7 +80,7 @@ async def test_a_lock_taken_before_a_crash_is_not_taken_again(node: Any) -> None
 
 async def test_a_request_that_failed_before_writing_runs_again(node: Any) -> None:
     docs = node.feature(DocumentsFeature).docs
-    from tether.documents import CreateBody, ReplaceBody
+    from tether.features.documents import CreateBody, ReplaceBody
 
     alice, bob = Identity("alice"), Identity("bob")
     await docs.create(alice, "boards", CreateBody(id="b2", data={"n": 0}))
@@ -120,8 +120,8 @@ async def test_a_keyed_create_whose_announce_failed_is_not_created_twice(tmp_pat
     """documents.create commits its INSERT (its record riding along), then publishes
     DOCUMENT_CREATED. When that publish fails, the record must stay: a retry that ran create
     again would make a second document (server id) or be refused as a conflict (client id)."""
-    from tether.documents import CreateBody, DocumentsFeature
-    from tether.errors import TetherError
+    from tether.features.documents import CreateBody, DocumentsFeature
+    from tether.wire.errors import TetherError
 
     async with started_node(tmp_path, ChannelsFeature, DocumentsFeature) as node:
         docs = node.feature(DocumentsFeature).docs

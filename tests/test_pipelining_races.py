@@ -6,11 +6,11 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
-from tether.auth import Identity
-from tether.channels import ChannelsFeature
-from tether.connection import Connection
-from tether.jsonutil import dumps, loads
 from tests.helpers import started_node
+from tether.core.auth import Identity
+from tether.core.connection import Connection
+from tether.features.channels import ChannelsFeature
+from tether.wire.jsonutil import dumps, loads
 
 
 def pub(rid: str, channel: str = "public.r2", **data: Any) -> str:

@@ -10,8 +10,8 @@ import httpx
 import pytest
 import websockets
 
-from tether.auth import mint
 from tests.helpers import RequestFailed, ServerProcess, WsClient
+from tether.core.auth import mint
 
 SECRET = "tests-only-secret-of-at-least-32-bytes!"
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import re
 
-
 from tests.helpers import WsClient
 
 # SPEC §4.1-4.5, method and path exactly as the contract names them.

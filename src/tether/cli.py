@@ -67,8 +67,8 @@ def serve(ws_transport: str, **options: Any) -> None:
     """Run a Tether server (embedded SQLite + in-process broker unless URLs are set)."""
     import uvicorn
 
-    from tether import logs
-    from tether.config import Settings
+    from tether.core import logs
+    from tether.core.config import Settings
     from tether.server.app import create_app
     from tether.server.wsproto import AsgiWebSocketProtocol, TetherWebSocketProtocol
 
@@ -102,7 +102,7 @@ def serve(ws_transport: str, **options: Any) -> None:
 @click.option("--secret", envvar=_env("jwt_secret"), required=True, help="HS256 secret (TETHER_JWT_SECRET).")
 def token(user: str, device: str | None, ttl: int, roles: tuple[str, ...], secret: str) -> None:
     """Mint an HS256 JWT for --auth jwt."""
-    from tether.auth import mint
+    from tether.core.auth import mint
 
     click.echo(mint(secret, user, device=device, ttl=ttl, roles=list(roles)))
 
@@ -140,11 +140,12 @@ def publish(channel: str, data: str, url: str, tok: str, api_key: str | None, et
 @click.option("--data-dir", default="./tether-data", show_default=True, type=click.Path(path_type=Path), envvar=_env("data_dir"))
 def migrate(database_url: str | None, data_dir: Path) -> None:
     """Create or update the database schema, then exit."""
-    from tether.config import Settings
-    from tether.node import Node
+    from tether.core.config import Settings
+    from tether.core.node import Node
+    from tether.features import DEFAULT_FEATURES
 
     async def run() -> None:
-        node = Node(Settings.from_env(database_url=database_url, data_dir=data_dir))
+        node = Node(Settings.from_env(database_url=database_url, data_dir=data_dir), DEFAULT_FEATURES)
         await node.start()
         await node.stop()
 

@@ -8,7 +8,7 @@ from urllib.parse import quote
 import httpx
 import websockets
 
-from tether.jsonutil import dumps, loads
+from tether.wire.jsonutil import dumps, loads
 
 
 def ws_url(url: str, token: str) -> str:

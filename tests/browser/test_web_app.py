@@ -9,15 +9,16 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import httpx
 import pytest
 from playwright.sync_api import Browser, Page, expect
 from websockets.sync.client import connect as ws_connect
 
-from tests.browser.web_support import Tab, Users, launch
+from tests.browser.web_support import Users, launch
 from tests.helpers import API_KEY, ServerProcess
 
 NOT_FOUND = "the server responded with a status of 404"

@@ -9,11 +9,11 @@ from typing import AsyncIterator, Awaitable, Callable
 
 import pytest
 
-from tether import protocol
-from tether.broker.base import Broker
-from tether.jsonutil import loads
 from tests.contract.conftest import drop_schema
 from tests.services import need_postgres, need_redis, unique, with_query
+from tether.broker.base import Broker
+from tether.wire import protocol
+from tether.wire.jsonutil import loads
 
 Delivered = list[tuple[str, int, str, "str | None"]]
 

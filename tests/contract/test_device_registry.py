@@ -6,8 +6,12 @@ from typing import AsyncIterator
 
 import pytest
 
-from tether.devices import DeviceRegistry, MemoryDeviceRegistry, RedisDeviceRegistry
 from tests.services import need_redis, unique
+from tether.features.devices import (
+    DeviceRegistry,
+    MemoryDeviceRegistry,
+    RedisDeviceRegistry,
+)
 
 TTL = 10.0
 

@@ -8,9 +8,9 @@ from typing import AsyncIterator
 
 import pytest
 
-from tether.locks import LockStore, RedisLockStore, SqlLockStore
-from tether.storage.sqlite import SQLiteDatabase
 from tests.services import need_redis, unique
+from tether.features.locks import LockStore, RedisLockStore, SqlLockStore
+from tether.storage.sqlite import SQLiteDatabase
 
 
 @pytest.fixture(params=["sql", "redis"])

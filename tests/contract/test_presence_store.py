@@ -7,8 +7,12 @@ from typing import AsyncIterator
 
 import pytest
 
-from tether.presence import MemoryPresenceStore, PresenceStore, RedisPresenceStore
 from tests.services import need_redis, unique
+from tether.features.presence import (
+    MemoryPresenceStore,
+    PresenceStore,
+    RedisPresenceStore,
+)
 
 
 @pytest.fixture(params=["memory", "redis"])

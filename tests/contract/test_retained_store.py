@@ -7,9 +7,14 @@ from typing import AsyncIterator
 
 import pytest
 
-from tether.events import RedisRetainedStore, RetainedStore, SqlRetainedStore, retention
-from tether.storage.database import open_database
 from tests.services import need_redis, unique
+from tether.features.events import (
+    RedisRetainedStore,
+    RetainedStore,
+    SqlRetainedStore,
+    retention,
+)
+from tether.storage import open_database
 
 
 @pytest.fixture(params=["sqlite", "redis"])

@@ -14,10 +14,10 @@ import secrets
 import time
 from typing import Any, Sequence
 
-from tether import protocol
 from tether.broker.base import Broker, Deliver, Position, Stream
-from tether.errors import TetherError
 from tether.storage.database import Database, Rider, rider
+from tether.wire import protocol
+from tether.wire.errors import TetherError
 
 SCHEMA = [
     """CREATE TABLE IF NOT EXISTS channel_positions (

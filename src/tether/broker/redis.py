@@ -9,7 +9,7 @@ Per channel ``c`` (all keys under the node's prefix ``p``):
 - ``{p}ch:{c}``    the pub/sub channel; a message is ``offset:epoch:exclude:text``.
 
 One Lua script per publish increments the offset, builds the event text (the
-same bytes as :func:`tether.protocol.event`), stores it, trims, and PUBLISHes:
+same bytes as :func:`tether.wire.protocol.event`), stores it, trims, and PUBLISHes:
 Redis runs scripts one at a time, so every node receives a channel's events in
 offset order. When the meta hash is missing (a channel never used, or Redis
 lost its data) the script starts a new epoch and drops any stale history, so a
@@ -36,9 +36,9 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from tether import protocol
 from tether.broker.base import Broker, Deliver, Position, Stream
-from tether.errors import TetherError
+from tether.wire import protocol
+from tether.wire.errors import TetherError
 
 log = logging.getLogger("tether.broker.redis")
 

@@ -1,7 +1,8 @@
-"""The local-first Python client (SPEC §5): ``from tether.client import Client``."""
+"""The local-first Python client: ``from tether.client import Client``."""
 
 from tether.client.backoff import Backoff
-from tether.client.client import Client, Subscription, Write
+from tether.client.base import Subscription, Write
+from tether.client.client import Client
 from tether.client.documents import Collection
 from tether.client.errors import ClientError, Conflict, Disconnected, Failed, LockTimeout, ServerError, classify
 from tether.client.outbox import Entry

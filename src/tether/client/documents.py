@@ -17,7 +17,7 @@ from tether.client.errors import ServerError
 from tether.client.outbox import Entry
 
 if TYPE_CHECKING:
-    from tether.client.client import Client, Write
+    from tether.client.base import BaseClient, Write
 
 
 def _path(collection: str, doc_id: str | None = None) -> str:
@@ -32,7 +32,7 @@ def conflict_document(error: ServerError) -> dict[str, Any] | None:
 
 
 class Collection:
-    def __init__(self, client: "Client", name: str) -> None:
+    def __init__(self, client: "BaseClient", name: str) -> None:
         self.client, self.name = client, name
 
     # -- local, optimistic -----------------------------------------------------------
@@ -111,7 +111,7 @@ class Collection:
             self.client.store.put_document(doc)
 
 
-async def send_document_write(client: "Client", entry: Entry) -> Any:
+async def send_document_write(client: "BaseClient", entry: Entry) -> Any:
     """Send one queued document write; returns the server's document, raises ``ServerError``."""
     collection, _, doc_id = entry.target.partition("/")
     headers = {"Idempotency-Key": entry.key}
@@ -149,7 +149,7 @@ async def send_document_write(client: "Client", entry: Entry) -> Any:
     return doc
 
 
-def _rebase(client: "Client", entry: Entry, old: dict[str, Any] | None, doc: dict[str, Any]) -> None:
+def _rebase(client: "BaseClient", entry: Entry, old: dict[str, Any] | None, doc: dict[str, Any]) -> None:
     """Later queued updates of the same document that expected the version we just replaced
     now expect the version we produced (our own writes do not conflict with each other)."""
     base = entry.payload.get("version")

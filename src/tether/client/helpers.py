@@ -15,12 +15,12 @@ from tether.client.documents import _path, conflict_document
 from tether.client.errors import ClientError, Conflict, LockTimeout, ServerError
 
 if TYPE_CHECKING:
-    from tether.client.client import Client
+    from tether.client.base import BaseClient
 
 log = logging.getLogger("tether.client")
 
 
-def _user(client: "Client") -> str:
+def _user(client: "BaseClient") -> str:
     if client.user_id:
         return client.user_id
     token = client.token
@@ -34,7 +34,7 @@ def _user(client: "Client") -> str:
 class Presence:
     """``async with client.presence(key)``: present while inside, heartbeating every ``interval`` s."""
 
-    def __init__(self, client: "Client", key: str, interval: float) -> None:
+    def __init__(self, client: "BaseClient", key: str, interval: float) -> None:
         self.client, self.key, self.interval = client, key, interval
         self._task: asyncio.Task[None] | None = None
         self.path = f"/api/presence/{quote(key, safe='')}"
@@ -75,7 +75,7 @@ class Lock:
     which refuses a stale holder).
     """
 
-    def __init__(self, client: "Client", key: str, ttl: float, timeout: float | None, on_lost: Callable[[], Any] | None) -> None:
+    def __init__(self, client: "BaseClient", key: str, ttl: float, timeout: float | None, on_lost: Callable[[], Any] | None) -> None:
         self.client, self.key, self.ttl, self.timeout, self.on_lost = client, key, ttl, timeout, on_lost
         self.path = f"/api/locks/{quote(key, safe='')}"
         self.token: str | None = None
@@ -158,7 +158,7 @@ class Lock:
         await self.release()
 
 
-async def update_with_retry(client: "Client", collection: str, doc_id: str, fn: Callable[[Any], Any],
+async def update_with_retry(client: "BaseClient", collection: str, doc_id: str, fn: Callable[[Any], Any],
                             max_retries: int = 5) -> dict[str, Any]:
     """Read, apply ``fn(data) -> new data``, write with the version read; on 409 re-apply on the
     current document after a jittered backoff; give up with :class:`Conflict` after ``max_retries``."""

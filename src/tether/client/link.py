@@ -18,7 +18,7 @@ from urllib.parse import quote, urlsplit, urlunsplit
 import websockets
 
 from tether.client.errors import Disconnected, ServerError
-from tether.jsonutil import dumps, loads
+from tether.wire.jsonutil import dumps, loads
 
 CLOSE_UNAUTHORIZED = 4001
 OnFrame = Callable[[dict[str, Any]], None]

@@ -16,7 +16,7 @@ import sqlite3
 from typing import Any, Callable
 
 from tether.client.outbox import Outbox
-from tether.jsonutil import dumps, loads
+from tether.wire.jsonutil import dumps, loads
 
 log = logging.getLogger("tether.client")
 

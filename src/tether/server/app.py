@@ -9,15 +9,16 @@ from fastapi import FastAPI, Request, WebSocket
 from fastapi.responses import JSONResponse, Response
 
 from tether import __version__
-from tether.config import Settings
-from tether.feature import Feature
-from tether.node import Node
+from tether.core.config import Settings
+from tether.core.node import Feature, Node
+from tether.features import DEFAULT_FEATURES
 from tether.server import ws
 from tether.server.http import error_body, install_error_handlers
+from tether.server.pages import install_pages
 
 
 def create_app(settings: Settings, features: list[type[Feature]] | None = None) -> FastAPI:
-    node = Node(settings, features)
+    node = Node(settings, DEFAULT_FEATURES if features is None else features)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -49,6 +50,8 @@ def create_app(settings: Settings, features: list[type[Feature]] | None = None) 
     @app.get("/metrics", tags=["ops"])
     async def metrics() -> Response:
         return Response(node.metrics.render(), media_type="text/plain; version=0.0.4")
+
+    install_pages(app)
 
     @app.websocket("/ws")
     async def websocket(socket: WebSocket) -> None:

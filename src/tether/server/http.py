@@ -1,40 +1,20 @@
-"""REST plumbing shared by every feature router: who calls, which node, and errors as JSON."""
+"""REST errors as JSON: every failure, the framework's own included, becomes ``{"error": {code, message}}``."""
 
 from __future__ import annotations
 
 import logging
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from tether.auth import Identity
-from tether.errors import STATUS, TetherError
-from tether.node import Node
+from tether.wire.errors import STATUS, TetherError
 
 log = logging.getLogger("tether.http")
 
 _CODE_FOR_STATUS = {v: k for k, v in STATUS.items()} | {405: "bad_request", 412: "conflict", 415: "bad_request", 422: "bad_request"}
-
-
-def get_node(request: Request) -> Node:
-    return request.app.state.node  # type: ignore[no-any-return]
-
-
-def get_caller(request: Request) -> Identity:
-    node: Node = request.app.state.node
-    return node.auth.headers(request.headers.get("authorization"), request.headers.get("x-api-key"))
-
-
-NodeDep = Annotated[Node, Depends(get_node)]
-Caller = Annotated[Identity, Depends(get_caller)]
-
-
-def require_server(who: Identity) -> None:
-    if not who.is_server:
-        raise TetherError("forbidden", "this endpoint needs the server API key (X-API-Key)")
 
 
 def error_body(code: str, message: str, **extra: Any) -> dict[str, Any]:

@@ -6,7 +6,7 @@ ASGI message per frame: about 25 KB of an idle connection's 40 KB
 (docs/benchmarks.md). Here, once uvicorn's protocol has read the handshake
 (``tether.server.wsproto``), the socket is handed to a :class:`NativeSocket`:
 one small object holding the transport, websockets' sans-I/O parser and the
-same sans-I/O :class:`~tether.connection.Connection` as the ASGI path.
+same sans-I/O :class:`~tether.core.connection.Connection` as the ASGI path.
 
 - In: each complete message goes to ``conn.handle()``, in order, from a task
   that exists only while there is work (``handle`` returns at once for a
@@ -36,8 +36,9 @@ from typing import Any
 from websockets.frames import Frame, Opcode
 from websockets.server import ServerProtocol
 
-from tether.connection import CLOSE_SHUTDOWN, CLOSE_TOO_LARGE, Connection
-from tether.node import Node
+from tether.core.connection import Connection
+from tether.core.node import Node
+from tether.wire.protocol import CLOSE_SHUTDOWN, CLOSE_TOO_LARGE
 
 log = logging.getLogger("tether.ws")
 

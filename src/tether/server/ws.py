@@ -13,10 +13,11 @@ import logging
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from tether.connection import CLOSE_TOO_LARGE, CLOSE_UNAUTHORIZED, Connection
-from tether.errors import TetherError
-from tether.node import Node
+from tether.core.connection import Connection
+from tether.core.node import Node
 from tether.server.wsproto import EXTENSION
+from tether.wire.errors import TetherError
+from tether.wire.protocol import CLOSE_TOO_LARGE, CLOSE_UNAUTHORIZED
 
 log = logging.getLogger("tether.ws")
 

@@ -27,9 +27,10 @@ from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIO
 from websockets.frames import Frame, Opcode
 from websockets.http11 import Request
 
-from tether.connection import CLOSE_UNAUTHORIZED, Connection
-from tether.errors import TetherError
+from tether.core.connection import Connection
 from tether.server.native import NativeSocket, frame
+from tether.wire.errors import TetherError
+from tether.wire.protocol import CLOSE_UNAUTHORIZED
 
 NATIVE_PATH = "/ws"
 

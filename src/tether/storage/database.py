@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from contextvars import ContextVar
-from pathlib import Path
 from typing import Any, AsyncContextManager, Callable, Protocol
 
 Row = dict[str, Any]
@@ -11,7 +10,7 @@ Row = dict[str, Any]
 
 class Rider:
     """A statement that commits in the same transaction as the first write made on behalf
-    of the current request: its idempotency record (``tether.idempotency``), so a crash
+    of the current request: its idempotency record (``tether.core.idempotency``), so a crash
     never keeps the write and loses the record (a retry would apply the write twice).
 
     Every backend honours it: a transaction that changed rows, or a lone writing statement
@@ -22,7 +21,7 @@ class Rider:
 
     def __init__(self, sql: str, make_args: Callable[[str], tuple[Any, ...]], answer: str) -> None:
         self.sql, self.make_args, self.answer, self.done = sql, make_args, answer, False
-        self.rerun = False  # the request's writes are safe to repeat (see tether.idempotency.rerun_on_failure)
+        self.rerun = False  # the request's writes are safe to repeat (see tether.core.idempotency.rerun_on_failure)
 
     def args(self) -> tuple[Any, ...]:
         return self.make_args(self.answer)
@@ -92,16 +91,3 @@ class Database(Queries, Protocol):
     async def healthy(self) -> bool: ...
 
     async def close(self) -> None: ...
-
-
-async def open_database(url: str | None, data_dir: Path) -> Database:
-    if url and url.startswith(("postgres://", "postgresql://")):
-        from tether.storage.postgres import PostgresDatabase
-
-        db: Database = await PostgresDatabase.open(url)
-    else:
-        from tether.storage.sqlite import SQLiteDatabase
-
-        data_dir.mkdir(parents=True, exist_ok=True)
-        db = await SQLiteDatabase.open(data_dir / "tether.sqlite3")
-    return db

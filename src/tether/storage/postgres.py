@@ -20,8 +20,8 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import asyncpg
 
-from tether.errors import TetherError
 from tether.storage.database import OneStatement, Row, is_write, rider
+from tether.wire.errors import TetherError
 
 #: One lock id for all Tether DDL (any stable 64-bit number works).
 MIGRATE_LOCK = zlib.crc32(b"tether.migrate")

@@ -7,11 +7,11 @@ from typing import Any
 from fastapi import APIRouter, Header
 from pydantic import BaseModel, Field
 
-from tether import protocol
-from tether.connection import Connection
-from tether.errors import bad_request
-from tether.feature import Feature, Op
-from tether.server.http import Caller, NodeDep
+from tether.core.connection import Connection, Op
+from tether.core.node import Feature
+from tether.core.rest import Caller, NodeDep
+from tether.wire import protocol
+from tether.wire.errors import bad_request
 
 
 class PublishBody(BaseModel):

@@ -13,8 +13,17 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from tether.errors import TetherError, bad_request
-from tether.jsonutil import JSONDecodeError, dumps, loads
+from tether.wire.errors import TetherError, bad_request
+from tether.wire.jsonutil import JSONDecodeError, dumps, loads
+
+# WebSocket close codes the clients act on (docs/protocol.md).
+CLOSE_UNAUTHORIZED = 4001
+CLOSE_SLOW = 4008
+CLOSE_ABUSE = 4009
+CLOSE_TIMEOUT = 4011
+CLOSE_RESYNC = 4012  # the node lost a channel's live feed: reconnect and resubscribe with since
+CLOSE_TOO_LARGE = 1009
+CLOSE_SHUTDOWN = 1001
 
 TYPE_RE = re.compile(r"^[A-Z][A-Z0-9_]{0,63}$")
 CHANNEL_RE = re.compile(r"^[A-Za-z0-9_@+\-=:.]{1,255}$")

@@ -4,24 +4,36 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from tether.broker.base import Broker
+from tether.wire.protocol import CLOSE_RESYNC
 
 if TYPE_CHECKING:
-    from tether.connection import Connection
-    from tether.metrics import Metrics
+    from tether.core.metrics import Metrics
+
+
+class Subscriber(Protocol):
+    """What the hub needs of a connection (``tether.core.connection.Connection``)."""
+
+    id: str
+
+    def deliver(self, channel: str, offset: int, text: str) -> None: ...
+
+    def drop(self, channel: str) -> None: ...
+
+    def close(self, code: int, reason: str) -> None: ...
 
 
 class Hub:
     def __init__(self, broker: Broker, metrics: "Metrics") -> None:
         self.broker = broker
         self.metrics = metrics
-        self.channels: dict[str, dict["Connection", None]] = {}
+        self.channels: dict[str, dict[Subscriber, None]] = {}
         self._joining: dict[str, asyncio.Future[None]] = {}
         self._leaving: set[asyncio.Task[None]] = set()
 
-    async def add(self, conn: "Connection", channel: str) -> None:
+    async def add(self, conn: Subscriber, channel: str) -> None:
         """Returns once this node receives the channel's events (a broker may need a round trip)."""
         subs = self.channels.get(channel)
         if subs is None:
@@ -38,7 +50,7 @@ class Hub:
             if joining is not None:  # another connection's subscribe is still on its way
                 await asyncio.shield(joining)
 
-    async def remove(self, conn: "Connection", channel: str) -> None:
+    async def remove(self, conn: Subscriber, channel: str) -> None:
         subs = self.channels.get(channel)
         if subs is None or conn not in subs:
             return
@@ -63,7 +75,7 @@ class Hub:
         if channel not in self.channels:
             await self.broker.unsubscribe(channel)
 
-    def discard(self, conn: "Connection", channel: str) -> None:
+    def discard(self, conn: Subscriber, channel: str) -> None:
         """Remove at once, from inside a delivery (no await): the broker is told later."""
         subs = self.channels.get(channel)
         if subs is None or subs.pop(conn, False) is False:
@@ -78,8 +90,6 @@ class Hub:
     def lost(self, channel: str) -> None:
         """The broker cannot vouch for the channel's feed: make its subscribers reconnect
         and resubscribe with ``since`` (recovering from history, or learning ``recovered: false``)."""
-        from tether.connection import CLOSE_RESYNC
-
         for conn in tuple(self.channels.get(channel, ())):
             conn.close(CLOSE_RESYNC, f"resync: the feed of {channel} was interrupted; reconnect and resubscribe")
 

@@ -20,9 +20,9 @@ import logging
 import time
 from typing import Any, Awaitable, Callable
 
-from tether.errors import bad_request
-from tether.jsonutil import dumps, loads
-from tether.storage.database import Database, Rider, riding, rider
+from tether.storage.database import Database, Rider, rider, riding
+from tether.wire.errors import bad_request
+from tether.wire.jsonutil import dumps, loads
 
 SCHEMA = [
     """CREATE TABLE IF NOT EXISTS idempotency (

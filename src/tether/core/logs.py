@@ -6,7 +6,7 @@ import logging
 import sys
 import time
 
-from tether.jsonutil import dumps
+from tether.wire.jsonutil import dumps
 
 
 class JsonFormatter(logging.Formatter):

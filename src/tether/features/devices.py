@@ -12,31 +12,26 @@ devices of a node that died go offline (and are announced) within the TTL.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any, AsyncIterator
+from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter
 
-from tether import protocol
-from tether.auth import valid_id
-from tether.errors import bad_request, forbidden
-from tether.feature import Feature
-from tether.server.http import Caller, NodeDep
+from tether.core.auth import valid_id
+from tether.core.connection import holding_user_channel
+from tether.core.node import Feature
+from tether.core.rest import Caller, NodeDep
+from tether.wire import protocol
+from tether.wire.errors import bad_request, forbidden
+from tether.wire.timestamps import iso
 
 if TYPE_CHECKING:
-    from tether.connection import Connection
+    from tether.core.connection import Connection
 
 log = logging.getLogger("tether.devices")
-
-
-def iso(ts: float) -> str:
-    """ISO 8601 UTC with milliseconds, as JavaScript's ``Date.toJSON()`` writes it."""
-    return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.") + f"{int(ts * 1000) % 1000:03d}Z"
 
 
 @dataclass(frozen=True)
@@ -221,20 +216,6 @@ class RedisDeviceRegistry(DeviceRegistry):
         return sum(counts)
 
 
-@contextlib.asynccontextmanager
-async def holding_user_channel(conn: "Connection") -> AsyncIterator[None]:
-    """Hold live events on ``users.{id}`` while a snapshot is read and sent, so no live
-    event is overtaken by an older snapshot (the same hold SUBSCRIBE uses)."""
-    channel = f"users.{conn.user_id}"
-    if not conn.hold(channel):  # already held by someone else
-        yield
-        return
-    try:
-        yield
-    finally:
-        conn.release(channel, 0)
-
-
 class DevicesFeature(Feature):
     name = "devices"
     registry: DeviceRegistry
@@ -244,6 +225,7 @@ class DevicesFeature(Feature):
         redis = self.node.redis
         prefix = self.node.settings.redis_prefix + "devices"
         self.registry = RedisDeviceRegistry(redis, ttl, prefix) if redis is not None else MemoryDeviceRegistry(ttl)
+        self.node.count_user_connections = self.registry.connections  # cluster-wide, for pushed events
         self._task = asyncio.create_task(self._heartbeat())
 
     async def stop(self) -> None:

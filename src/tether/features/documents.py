@@ -4,7 +4,7 @@
 ``node.publish``); the REST routes and ``DOCUMENT_*`` ops are thin adapters
 over it. Versions advance by a conditional ``UPDATE … WHERE version = ?`` whose
 row count decides, so concurrent writers on any number of nodes never lose an
-update. Who may see what is :mod:`tether.access`.
+update. Who may see what is :mod:`tether.features.document_access`.
 """
 
 from __future__ import annotations
@@ -18,10 +18,22 @@ from datetime import datetime, timezone
 from typing import Annotated, Any, Callable, Literal, Sequence
 
 from fastapi import APIRouter, Header, Path, Query, Request, Response
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StringConstraints, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictInt,
+    StringConstraints,
+    ValidationError,
+)
 
-from tether import protocol
-from tether.access import (
+from tether.core.auth import Identity
+from tether.core.connection import Connection, Op
+from tether.core.idempotency import answer
+from tether.core.namespaces import Namespace
+from tether.core.node import Feature
+from tether.core.rest import Caller, NodeDep
+from tether.features.document_access import (
     Grant,
     document_channel,
     may_manage,
@@ -30,14 +42,9 @@ from tether.access import (
     parse_channel,
     scope_channels,
 )
-from tether.auth import Identity
-from tether.connection import Connection
-from tether.errors import TetherError, forbidden
-from tether.feature import Feature, Op
-from tether.idempotency import answer
-from tether.jsonutil import dumps, loads
-from tether.namespaces import Namespace
-from tether.server.http import Caller, NodeDep
+from tether.wire import protocol
+from tether.wire.errors import TetherError, forbidden
+from tether.wire.jsonutil import dumps, loads
 
 COLLECTION_PATTERN = r"^[A-Za-z0-9_\-]{1,64}$"
 ID_PATTERN = r"^[A-Za-z0-9_.@+\-]{1,128}$"

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import jwt
 
-from tether.config import Settings
-from tether.errors import TetherError
+from tether.core.config import Settings
+from tether.wire.errors import TetherError
 
 _ID = re.compile(r"^[A-Za-z0-9_.@+\-]{1,128}$")
 SERVER_USER = "server"

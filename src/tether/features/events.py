@@ -18,18 +18,18 @@ from typing import TYPE_CHECKING, Any
 from fastapi import APIRouter, Header
 from pydantic import BaseModel, Field
 
-from tether import protocol
-from tether.auth import valid_id
-from tether.devices import DevicesFeature, holding_user_channel
-from tether.errors import TetherError, bad_request
-from tether.feature import Feature, Op
-from tether.idempotency import rerun_on_failure
-from tether.jsonutil import dumps, loads
-from tether.server.http import Caller, NodeDep, require_server
+from tether.core.auth import valid_id
+from tether.core.connection import Op, holding_user_channel
+from tether.core.idempotency import rerun_on_failure
+from tether.core.node import Feature
+from tether.core.rest import Caller, NodeDep, require_server
 from tether.storage.database import Database
+from tether.wire import protocol
+from tether.wire.errors import TetherError, bad_request
+from tether.wire.jsonutil import dumps, loads
 
 if TYPE_CHECKING:
-    from tether.connection import Connection
+    from tether.core.connection import Connection
 
 STATUSES = ("queued", "processing", "completed", "failed")
 ENDED = ("completed", "failed")
@@ -202,10 +202,7 @@ class EventsFeature(Feature):
         return await self.node.publish(f"users.{user}", type, data, exclude=exclude)
 
     async def connections(self, user: str) -> int:
-        try:
-            return await self.node.feature(DevicesFeature).registry.connections(user)  # type: ignore[no-any-return]
-        except LookupError:
-            return len(self.node.users.get(user, ()))
+        return await self.node.count_user_connections(user)
 
     def router(self) -> APIRouter:
         router = APIRouter(tags=["events"])

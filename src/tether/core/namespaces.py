@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Awaitable, Callable, Union
 
-from tether.auth import Identity
-from tether.errors import forbidden
-from tether.jsonutil import loads
+from tether.core.auth import Identity
+from tether.wire.errors import forbidden
+from tether.wire.jsonutil import loads
 
 Check = Callable[[Identity, str], Awaitable[None]]
 Rule = Union[str, Check]

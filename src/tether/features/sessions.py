@@ -22,16 +22,24 @@ from datetime import datetime, timezone
 from typing import Annotated, Any, Literal, TypeVar
 
 from fastapi import APIRouter, Header, Query
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+)
 
-from tether.auth import Identity, valid_id
-from tether.connection import Connection
-from tether.errors import TetherError, forbidden, not_found
-from tether.feature import Feature, Op
-from tether.jsonutil import dumps, loads
-from tether.namespaces import Namespace
-from tether.server.http import Caller, NodeDep
+from tether.core.auth import Identity, valid_id
+from tether.core.connection import Connection, Op
+from tether.core.namespaces import Namespace
+from tether.core.node import Feature
+from tether.core.rest import Caller, NodeDep
 from tether.storage.database import Queries, Row
+from tether.wire.errors import TetherError, forbidden, not_found
+from tether.wire.jsonutil import dumps, loads
 
 SCHEMA = [
     """CREATE TABLE IF NOT EXISTS sessions (

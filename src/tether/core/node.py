@@ -1,7 +1,9 @@
-"""A Tether node: the composition root that wires storage, broker, hub and features.
+"""A Tether node: storage, broker and hub, and the features it is given.
 
 It owns the one event path, :meth:`Node.publish` (write, store, broker,
-fan-out), and the life of every connection. It knows nothing of sockets.
+fan-out), and the life of every connection. It knows nothing of sockets and
+no feature by name: the composition root (``tether.server.app``) hands it the
+:class:`Feature` classes to run.
 """
 
 from __future__ import annotations
@@ -9,38 +11,24 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any
+from typing import Any, Awaitable, Callable
 
-from tether import protocol
-from tether.auth import Authenticator
+from fastapi import APIRouter
+
 from tether.broker.base import Broker, Position
-from tether.config import Settings
-from tether.connection import CLOSE_SHUTDOWN, CLOSE_TIMEOUT, Connection, TokenBucket, pass_turn
-from tether.feature import Feature, Op
-from tether.hub import Hub
-from tether.idempotency import Idempotency
-from tether.metrics import Metrics
-from tether.namespaces import Namespaces, builtin, load_overrides
-from tether.storage.database import Database, open_database
+from tether.core.auth import Authenticator
+from tether.core.config import Settings
+from tether.core.connection import Connection, Op, TokenBucket, pass_turn
+from tether.core.hub import Hub
+from tether.core.idempotency import Idempotency
+from tether.core.metrics import Metrics
+from tether.core.namespaces import Namespace, Namespaces, builtin, load_overrides
+from tether.storage import open_database
+from tether.storage.database import Database
+from tether.wire import protocol
+from tether.wire.protocol import CLOSE_SHUTDOWN, CLOSE_TIMEOUT
 
 log = logging.getLogger("tether.node")
-
-
-def default_features() -> list[type[Feature]]:
-    from tether.channels import ChannelsFeature
-    from tether.devices import DevicesFeature
-    from tether.documents import DocumentsFeature
-    from tether.events import EventsFeature
-    from tether.locks import LocksFeature
-    from tether.notes import NotesFeature
-    from tether.presence import PresenceFeature
-    from tether.sessions import SessionsFeature
-    from tether.streams import StreamsFeature
-
-    return [
-        ChannelsFeature, PresenceFeature, LocksFeature, DocumentsFeature,
-        SessionsFeature, NotesFeature, EventsFeature, DevicesFeature, StreamsFeature,
-    ]
 
 
 async def open_broker(settings: Settings, db: Database) -> Broker:
@@ -61,18 +49,23 @@ class Node:
 
     redis: Any = None  # a redis.asyncio.Redis when TETHER_REDIS_URL is set; features keep their state there
 
-    def __init__(self, settings: Settings, features: list[type[Feature]] | None = None) -> None:
+    def __init__(self, settings: Settings, features: list[type["Feature"]]) -> None:
         self.settings = settings
         self.metrics = Metrics()
         self.auth = Authenticator(settings)
         self.namespaces = Namespaces()
         self.connections: dict[str, Connection] = {}
         self.users: dict[str, dict[Connection, None]] = {}  # user id -> its local connections
+        # How many connections a user has; a feature that knows the whole cluster replaces it.
+        self.count_user_connections: Callable[[str], Awaitable[int]] = self._local_connections
         self.ops: dict[str, Op] = {}
-        self.features = [cls(self) for cls in (features if features is not None else default_features())]
+        self.features = [cls(self) for cls in features]
         self._user_buckets: dict[str, TokenBucket] = {}
         self._keepalive_task: asyncio.Task[None] | None = None
         self.started = False
+
+    async def _local_connections(self, user_id: str) -> int:
+        return len(self.users.get(user_id, ()))
 
     def feature(self, cls: type[Feature]) -> Any:
         for f in self.features:
@@ -205,3 +198,37 @@ class Node:
                 elif now - conn.last_ping >= interval:
                     conn.last_ping = now
                     conn.send(protocol.ping())
+
+
+# What a feature plugs into a node: channel namespaces, WebSocket ops, REST routes, hooks.
+# Each domain concept is one Feature subclass in tether.features; the node calls every
+# feature's hooks, so no feature reaches into another's code.
+class Feature:
+    name = "feature"
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+
+    def namespaces(self) -> list[Namespace]:
+        return []
+
+    def ops(self) -> dict[str, Op]:
+        return {}
+
+    def router(self) -> APIRouter | None:
+        return None
+
+    async def start(self) -> None:
+        """Create tables, start timers."""
+
+    async def stop(self) -> None: ...
+
+    async def connected(self, conn: Connection) -> None:
+        """After CONNECTED went out and ``users.{id}`` is subscribed."""
+
+    async def disconnected(self, conn: Connection) -> None: ...
+
+    async def subscribed(self, conn: Connection, channel: str, data: dict[str, Any]) -> None:
+        """After a SUBSCRIBE was acknowledged (``data`` is the request, e.g. ``presence``)."""
+
+    async def unsubscribed(self, conn: Connection, channel: str) -> None: ...

@@ -33,16 +33,17 @@ from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter
 
-from tether import protocol
-from tether.auth import valid_id
-from tether.devices import holding_user_channel, iso
-from tether.errors import TetherError, bad_request, forbidden, not_found
-from tether.feature import Feature, Op
-from tether.jsonutil import dumps, loads
-from tether.server.http import Caller, NodeDep
+from tether.core.auth import valid_id
+from tether.core.connection import Op, holding_user_channel
+from tether.core.node import Feature
+from tether.core.rest import Caller, NodeDep
+from tether.wire import protocol
+from tether.wire.errors import TetherError, bad_request, forbidden, not_found
+from tether.wire.jsonutil import dumps, loads
+from tether.wire.timestamps import iso
 
 if TYPE_CHECKING:
-    from tether.connection import Connection
+    from tether.core.connection import Connection
 
 log = logging.getLogger("tether.streams")
 

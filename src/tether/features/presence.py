@@ -32,13 +32,14 @@ import orjson
 from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
-from tether import namespaces, protocol
-from tether.auth import Identity
-from tether.connection import Connection
-from tether.errors import TetherError, forbidden
-from tether.feature import Feature
-from tether.namespaces import Namespace
-from tether.server.http import Caller
+from tether.core import namespaces
+from tether.core.auth import Identity
+from tether.core.connection import Connection
+from tether.core.namespaces import Namespace
+from tether.core.node import Feature
+from tether.core.rest import Caller
+from tether.wire import protocol
+from tether.wire.errors import TetherError, forbidden
 
 log = logging.getLogger("tether.presence")
 

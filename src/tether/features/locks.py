@@ -29,13 +29,13 @@ from typing import Any
 from fastapi import APIRouter, Body
 from pydantic import BaseModel, Field
 
-from tether import protocol
-from tether.auth import Identity
-from tether.connection import Connection
-from tether.errors import TetherError
-from tether.feature import Feature, Op
-from tether.server.http import Caller
+from tether.core.auth import Identity
+from tether.core.connection import Connection, Op
+from tether.core.node import Feature
+from tether.core.rest import Caller
 from tether.storage.database import Database
+from tether.wire import protocol
+from tether.wire.errors import TetherError
 
 log = logging.getLogger("tether.locks")
 

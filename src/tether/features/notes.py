@@ -1,6 +1,6 @@
 """Shared notes of a live session: one versioned text per session, edited by its participants.
 
-A session's notes follow the session's own access rules (see :mod:`tether.sessions`):
+A session's notes follow the session's own access rules (see :mod:`tether.features.sessions`):
 whoever reads the chat reads the notes, a present participant writes them. A save
 names the version it was based on; a stale one is refused with 409 and the current
 notes, so two people editing at once never silently overwrite each other. Every save
@@ -12,18 +12,18 @@ notes do not require it, so a client without the lock still gets the version che
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
-from tether.auth import Identity
-from tether.connection import Connection
-from tether.errors import TetherError, forbidden
-from tether.feature import Feature, Op
-from tether.server.http import Caller
-from tether.sessions import SessionsFeature, now, validate
+from tether.core.auth import Identity
+from tether.core.connection import Connection, Op
+from tether.core.node import Feature
+from tether.core.rest import Caller
 from tether.storage.database import Row
+from tether.wire.errors import TetherError, forbidden
 
 MAX_TEXT = 20_000
 
@@ -59,7 +59,8 @@ class NotesFeature(Feature):
 
     @property
     def sessions(self) -> Any:
-        return self.node.feature(SessionsFeature).domain
+        """The live-sessions domain, found by name: features never import each other."""
+        return next(f for f in self.node.features if f.name == "sessions").domain
 
     async def _load(self, q: Any, sid: str) -> dict[str, Any]:
         return notes_out(sid, await q.fetchone("SELECT * FROM session_notes WHERE session_id = ?", sid))
@@ -100,7 +101,7 @@ class NotesFeature(Feature):
             return await self.get(conn.identity, _sid(data))
 
         async def save(conn: Connection, data: dict[str, Any]) -> Any:
-            return await self.save(conn.identity, _sid(data), validate(NotesIn, data))
+            return await self.save(conn.identity, _sid(data), validate(data))
 
         return {"NOTES_GET": get, "NOTES_SAVE": save}
 
@@ -118,6 +119,19 @@ class NotesFeature(Feature):
             return await self.save(who, session_id, body)
 
         return router
+
+
+def now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+def validate(data: dict[str, Any]) -> NotesIn:
+    try:
+        return NotesIn.model_validate({k: v for k, v in data.items() if k != "session_id"})
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"]) or "data"
+        raise TetherError("bad_request", f"{where}: {err['msg']}", status=422, field=where) from None
 
 
 def _sid(data: dict[str, Any]) -> str:

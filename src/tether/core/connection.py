@@ -9,30 +9,44 @@ for any transport.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import logging
 import secrets
 import time
 from collections import deque
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, AsyncIterator, Awaitable, Callable, Protocol
 
-from tether import protocol
-from tether.auth import Identity
-from tether.errors import TetherError
-
-if TYPE_CHECKING:
-    from tether.node import Node
+from tether.broker.base import Broker
+from tether.core.auth import Identity
+from tether.core.config import Settings
+from tether.core.hub import Hub
+from tether.core.idempotency import Idempotency
+from tether.core.metrics import Metrics
+from tether.core.namespaces import Namespaces
+from tether.wire import protocol
+from tether.wire.errors import TetherError
+from tether.wire.protocol import CLOSE_ABUSE, CLOSE_SLOW
 
 log = logging.getLogger("tether.connection")
 
-# Close codes (documented in docs/protocol.md).
-CLOSE_UNAUTHORIZED = 4001
-CLOSE_SLOW = 4008
-CLOSE_ABUSE = 4009
-CLOSE_TIMEOUT = 4011
-CLOSE_RESYNC = 4012  # the node lost a channel's live feed: reconnect and resubscribe with since
-CLOSE_TOO_LARGE = 1009
-CLOSE_SHUTDOWN = 1001
+#: A WebSocket request handler: (connection, request data) -> ACK data.
+Op = Callable[["Connection", dict[str, Any]], Awaitable[Any]]
+
+
+class Host(Protocol):
+    """What a connection needs of the node that serves it (``tether.core.node.Node``)."""
+
+    settings: Settings
+    metrics: Metrics
+    namespaces: Namespaces
+    hub: Hub
+    broker: Broker
+    idempotency: Idempotency
+    ops: dict[str, Op]
+
+    def user_rate(self, user_id: str) -> bool: ...
+
 
 ABUSE_ERRORS = 20  # this many refused frames …
 ABUSE_WINDOW = 10.0  # … within this many seconds close the connection
@@ -95,7 +109,7 @@ class TokenBucket:
 
 
 class Connection:
-    def __init__(self, node: "Node", identity: Identity) -> None:
+    def __init__(self, node: Host, identity: Identity) -> None:
         self.node = node
         self.identity = identity
         self.id = secrets.token_hex(8)
@@ -415,3 +429,17 @@ def _parse_since(since: Any) -> tuple[int | None, str | None]:
     if not isinstance(epoch, str):
         raise TetherError("bad_request", "'since.epoch' must be a string")
     return offset, epoch
+
+
+@contextlib.asynccontextmanager
+async def holding_user_channel(conn: Connection) -> AsyncIterator[None]:
+    """Hold live events on ``users.{id}`` while a snapshot is read and sent, so no live
+    event is overtaken by an older snapshot (the same hold SUBSCRIBE uses)."""
+    channel = f"users.{conn.user_id}"
+    if not conn.hold(channel):  # already held by someone else
+        yield
+        return
+    try:
+        yield
+    finally:
+        conn.release(channel, 0)

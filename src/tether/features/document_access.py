@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tether.auth import Identity
+from tether.core.auth import Identity
 
 MODES = ("private", "members", "public")
 

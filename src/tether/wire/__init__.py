@@ -1,0 +1,1 @@
+"""What crosses the wire: frames, error codes, close codes, JSON and timestamps. No I/O, no state."""
