@@ -18,7 +18,7 @@ import pytest
 from playwright.sync_api import Browser, Page, expect
 from websockets.sync.client import connect as ws_connect
 
-from tests.browser.web_support import Users, launch
+from tests.browser.web_support import Users
 from tests.helpers import API_KEY, ServerProcess
 
 NOT_FOUND = "the server responded with a status of 404"
@@ -28,14 +28,9 @@ INTERACTIVE = {"button", "link", "textbox", "searchbox", "combobox", "checkbox",
                "progressbar", "slider", "listbox", "radio", "switch", "tab", "menuitem"}
 
 
-@pytest.fixture(scope="module")
-def chromium() -> Iterator[Browser]:
-    yield from launch()
-
-
 @pytest.fixture
-def users(chromium: Browser, shared_server: ServerProcess) -> Iterator[Users]:
-    u = Users(chromium, shared_server.url)
+def users(browser: Browser, shared_server: ServerProcess) -> Iterator[Users]:
+    u = Users(browser, shared_server.url)
     yield u
     u.close()
 
@@ -208,8 +203,8 @@ def test_form_errors_seat_limit_and_private_sessions(users: Users, shared_server
     assert users.errors(allow=(NOT_FOUND,)) == []
 
 
-def test_message_typed_while_server_down_arrives_once(chromium: Browser, server: ServerProcess) -> None:
-    users = Users(chromium, server.url)
+def test_message_typed_while_server_down_arrives_once(browser: Browser, server: ServerProcess) -> None:
+    users = Users(browser, server.url)
     try:
         erin = sign_in(users, "erin")
         sid = create_session(erin, "Through the outage")

@@ -403,7 +403,7 @@ function Tail(props: { client: Client }) {
         <button type="submit" style="align-self: end">Tail</button>
         {tailing && <button type="button" style="align-self: end" onClick={() => void stop()}>Stop</button>}
       </form>
-      <p id="tail-error" class="error small" style="min-height: 1.2em; margin: 0.3rem 0; color: var(--bad)">
+      <p id="tail-error" class="small" style={{ minHeight: "1.2em", margin: "0.3rem 0", color: error ? "var(--bad)" : "var(--muted)" }}>
         {error ?? (tailing ? `Following ${tailing}: new events appear below.` : "")}
       </p>
       <div ref={log} class="events" role="log" aria-label="Events" tabIndex={0}>
