@@ -12,7 +12,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Iterator
 
-import httpx
 import pytest
 from playwright.sync_api import Browser, BrowserContext, ConsoleMessage, Page, sync_playwright
 
@@ -34,24 +33,24 @@ def browser() -> Iterator[Browser]:
         b.close()
 
 
-def _serves_bundle(url: str) -> bool:
-    try:
-        r = httpx.get(url + "/tether-client.js", timeout=5)
-    except httpx.HTTPError:
-        return False
-    return r.status_code == 200 and "javascript" in r.headers.get("content-type", "")
-
-
 def route_client(context: BrowserContext, url: str) -> None:
-    """A blank page at the server's origin, and the client bundle when the server lacks the route."""
-    serve_bundle = not _serves_bundle(url)
+    """A blank page at the server's origin; `/tether-client.js` comes from the server, or, when the
+    server has no such route or is down (a page reloaded during an outage, as from a browser cache),
+    from the committed build."""
 
     def handle(route: Any) -> None:
         path = "/" + route.request.url.split("/", 3)[3].split("?", 1)[0]
         if path == BLANK:
             route.fulfill(status=200, content_type="text/html", body="<!doctype html><title>tether client test</title>")
-        elif path == "/tether-client.js" and serve_bundle:
-            route.fulfill(status=200, content_type="text/javascript", body=BUNDLE.read_bytes())
+        elif path == "/tether-client.js":
+            try:
+                served = route.fetch()
+            except Exception:  # the server is down
+                served = None
+            if served is not None and served.status == 200:
+                route.fulfill(response=served)
+            else:
+                route.fulfill(status=200, content_type="text/javascript", body=BUNDLE.read_bytes())
         else:
             route.continue_()
 
