@@ -124,8 +124,15 @@ export class Client {
   private settledWaiters: (() => void)[] = [];
   private closed = false;
   private pendingKeys = new Set<string>();
+  private unsaved = new Map<string, Position>();
+  private saveTimer: ReturnType<typeof setTimeout> | null = null;
+  /** Presences left and locks released by close(). */
+  readonly held = new Set<{ leave?: () => Promise<void>; release?: () => Promise<boolean> }>();
   private changeTimer: ReturnType<typeof setTimeout> | null = null;
-  private onPageHide = () => this.bus?.post({ t: "bye", tab: this.tabId });
+  private onPageHide = () => {
+    this.flushPositions();
+    this.bus?.post({ t: "bye", tab: this.tabId });
+  };
 
   constructor(url: string, options: ClientOptions = {}) {
     this.url = url.replace(/\/+$/, "");
@@ -279,7 +286,9 @@ export class Client {
     if (this.closed) return;
     this.closed = true;
     (globalThis as any).removeEventListener?.("pagehide", this.onPageHide);
+    this.flushPositions();
     this.bus?.post({ t: "bye", tab: this.tabId });
+    await Promise.all([...this.held].map((h) => (h.leave ? h.leave() : h.release?.())?.catch(() => {})));
     await this.core?.stop();
     this.core = null;
     this.election?.resign();
@@ -508,7 +517,25 @@ export class Client {
     }
     await this.deliver(sub, frame);
     sub.position = { offset, epoch: pos?.epoch ?? "" };
-    if (sub.position.epoch) void this.storage.setPosition(sub.channel, sub.position).catch(() => {});
+    if (sub.position.epoch) this.savePosition(sub.channel, sub.position);
+  }
+
+  /** Positions are written after the handler returned, one IndexedDB transaction per burst of events. */
+  private savePosition(channel: string, pos: Position): void {
+    this.unsaved.set(channel, pos);
+    this.saveTimer ??= setTimeout(() => {
+      this.saveTimer = null;
+      const batch = [...this.unsaved];
+      this.unsaved.clear();
+      for (const [ch, p] of batch) void this.storage.setPosition(ch, p).catch(() => {});
+    }, 0);
+  }
+
+  private flushPositions(): void {
+    if (this.saveTimer) clearTimeout(this.saveTimer);
+    this.saveTimer = null;
+    for (const [ch, p] of this.unsaved) void this.storage?.setPosition(ch, p).catch(() => {});
+    this.unsaved.clear();
   }
 
   private async onAck(channel: string, ack: any, since: Position | null): Promise<void> {
@@ -738,6 +765,7 @@ export class Client {
   async presence(key: string, opts: PresenceOptions = {}): Promise<Presence> {
     const p = new Presence(this, key, opts);
     await p.enter();
+    this.held.add(p);
     return p;
   }
 
@@ -745,6 +773,7 @@ export class Client {
   async lock(key: string, opts: LockOptions = {}): Promise<Lock> {
     const l = new Lock(this, key, opts);
     await l.acquire();
+    this.held.add(l);
     return l;
   }
 

@@ -49,6 +49,7 @@ export class Presence {
   async leave(unloading = false): Promise<void> {
     if (this.left) return;
     this.left = true;
+    this.client.held.delete(this);
     if (this.timer) clearInterval(this.timer);
     this.offPageHide();
     await this.client.rest("DELETE", `${this.path}/${enc(this.client.me)}`, undefined, { keepalive: unloading }).catch(() => {});
@@ -148,6 +149,7 @@ export class Lock {
   async release(unloading = false): Promise<boolean> {
     if (this.released) return false;
     this.released = true;
+    this.client.held.delete(this);
     if (this.timer) clearTimeout(this.timer);
     this.offPageHide();
     if (this.lost || !this.token) return false;
