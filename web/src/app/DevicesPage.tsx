@@ -82,7 +82,7 @@ function Job(props: { p: ShootProgress }) {
     <div>
       <div class="row small">
         <strong id={id} class="grow">{p.shootId}</strong>
-        <span>{p.status ?? "processing"}</span>
+        <span>{pct}% · {p.status ?? "processing"}</span>
         <span class="muted">
           {p.processedCount}/{p.totalCount}
           {p.currentImage ? ` · ${p.currentImage}` : ""}

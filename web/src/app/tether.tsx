@@ -138,7 +138,8 @@ export function TetherProvider(props: { me: SignIn; children: ComponentChildren 
     });
     // lastSyncedAt moves with every answer and event; reading it once a second is plenty for a clock
     const tick = setInterval(() => {
-      setLastSynced(client.lastSyncedAt ?? null);
+      // a tab on another tab's shared connection may not hear of syncs: its own connect counts
+      setLastSynced((cur) => client.lastSyncedAt ?? (client.state === "connected" ? (cur ?? new Date()) : cur));
       setOutbox(client.outboxSize);
       setState(client.state);
     }, 1000);
