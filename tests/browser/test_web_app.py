@@ -9,11 +9,13 @@ from __future__ import annotations
 import json
 import os
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
+import jwt
 import pytest
 from playwright.sync_api import Browser, Page, expect
 from websockets.sync.client import connect as ws_connect
@@ -359,3 +361,32 @@ def test_sign_in_page_is_accessible_and_remembered(users: Users, tmp_path: Path)
     second.get_by_role("button", name="Sync").click()
     expect(second.get_by_text(re.compile(r"Last synced \d"))).to_be_visible()
     assert users.errors() == []
+
+
+def test_jwt_sign_in_by_link_and_by_token_field(browser: Browser, server_factory: Any) -> None:
+    """Under JWT auth the app takes a token from #token=… or from the Token field (a plain name is refused)."""
+    secret = "browser-test-secret-0123456789abcdef"
+    srv = server_factory("--auth", "jwt", env={"TETHER_JWT_SECRET": secret})
+
+    def mint(user: str) -> str:
+        return jwt.encode({"sub": user, "device_id": "laptop", "exp": int(time.time()) + 600}, secret, algorithm="HS256")
+
+    users = Users(browser, srv.url)
+    try:
+        linked = users.open(users.context(), f"/sessions#token={mint('uma')}").page
+        expect(linked.get_by_text("Signed in as uma")).to_be_visible()
+        expect(linked.get_by_role("status", name="Connection")).to_contain_text("Connected")
+        assert "token=" not in linked.url  # the token does not stay in the address bar
+
+        page = users.open(users.context(), "/").page
+        page.get_by_role("textbox", name="User name").fill("vic")
+        page.get_by_role("button", name="Sign in").click()
+        expect(page.get_by_role("alert")).to_contain_text("paste one below")
+        page.get_by_role("textbox", name="Token").fill(mint("vic"))
+        page.get_by_role("button", name="Sign in").click()
+        expect(page.get_by_text("Signed in as vic")).to_be_visible()
+        expect(page.get_by_role("status", name="Connection")).to_contain_text("Connected")
+        # the refused dev token's 401 is Chromium's own log line
+        assert users.errors(allow=("the server responded with a status of 401",)) == []
+    finally:
+        users.close()
