@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -126,3 +127,38 @@ def test_three_tabs_share_one_websocket_and_hand_it_over(browser: Browser, serve
     for tab in followers:
         assert page_errors(tab) == []
     ctx.close()
+
+
+def docs_chat_page() -> str:
+    text = (Path(__file__).resolve().parents[2] / "docs" / "client-js.md").read_text()
+    return re.search(r"## A complete chat.*?```html\n(.*?)```", text, re.S).group(1)
+
+
+def test_the_documented_chat_example_works(browser: Browser, server: ServerProcess) -> None:
+    """The chat page of docs/client-js.md, as written, between two users."""
+    html = docs_chat_page()
+    pages = []
+    for user in ("rita", "sam"):
+        ctx = browser.new_context()
+        page = client_page(ctx, server.url)
+        # routed after the client's routes: the later route wins
+        ctx.route(f"{server.url}/chat.html", lambda route: route.fulfill(status=200, content_type="text/html", body=html))
+        page.on("dialog", lambda d, u=user: d.accept(u))
+        pages.append(page)
+    rita, sam = pages
+    rita.goto(server.url + "/chat.html")
+    rita.wait_for_function("location.hash.length > 1")
+    expect_status = "document.querySelector('#status').textContent === 'Connected'"
+    rita.wait_for_function(expect_status)
+    sam.goto(rita.url)
+    sam.wait_for_function(expect_status)
+    rita.fill("#text", "hello sam")
+    rita.press("#text", "Enter")
+    sam.wait_for_function("document.querySelector('#messages').textContent.includes('rita: hello sam')")
+    sam.fill("#text", "hi rita")
+    sam.press("#text", "Enter")
+    rita.wait_for_function("document.querySelector('#messages').textContent.includes('sam: hi rita')")
+    assert "(sending" not in rita.text_content("#messages")
+    for page in pages:
+        assert page_errors(page) == []
+        page.context.close()
