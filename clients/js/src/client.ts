@@ -110,6 +110,7 @@ export class Client {
   /** Mirror of the shared outbox, for outboxSize and the optimistic views. */
   private outbox = new Map<number, OutboxEntry>();
   private writes = new Map<number, WriteWaiter>();
+  private answered = new Set<number>();
   /** The server's copy of every cached document. */
   private docs = new Map<string, Document>();
   private rpcs = new Map<string, { msg: Message; resolve: (v: any) => void; reject: (e: Error) => void }>();
@@ -364,6 +365,11 @@ export class Client {
         this.error = m.error ? errorFromWire(m.error) : null;
         this.disconnectReason = m.disconnectReason ?? this.disconnectReason;
         this.setState(m.state);
+        if (m.state === "failed") {
+          // The writes stay in the outbox (a later client sends them); their promises learn why now.
+          for (const w of this.writes.values()) w.reject(new Failed(this.error?.message ?? "failed"));
+          this.writes.clear();
+        }
         if (m.settled && !this.settled) {
           this.settled = true;
           for (const w of this.settledWaiters.splice(0)) w();
@@ -389,6 +395,7 @@ export class Client {
         }
         return;
       case "added":
+        if (this.answered.has(m.entry.seq)) return; // its answer overtook it (another tab's message)
         this.outbox.set(m.entry.seq, m.entry);
         this.changed(keyOf(m.entry));
         this.changed("outbox");
@@ -507,9 +514,9 @@ export class Client {
       if (sub.awaitingFirst) return; // before our first ACK: not part of our subscription yet
     } else if (offset <= pos.offset) {
       return; // delivered already (a replay overlapping live delivery)
-    } else if (offset > pos.offset + 1) {
+    } else if (offset > pos.offset + 1 && pos.epoch) {
       // A hole (an event lost between tabs, or a missed frame): recover it, never skip ahead.
-      if (!sub.recovering && pos.epoch) {
+      if (!sub.recovering) {
         sub.recovering = true;
         this.call("subscribe", { channel, since: pos, resub: true }).catch(() => (sub.recovering = false));
       }
@@ -624,6 +631,8 @@ export class Client {
   private onSettled(m: Message): void {
     const entry = this.outbox.get(m.seq) ?? m.entry;
     this.outbox.delete(m.seq);
+    this.answered.add(m.seq);
+    if (this.answered.size > 10000) this.answered.delete(this.answered.values().next().value!);
     if (entry) this.changed(keyOf(entry));
     this.changed("outbox");
     const w = this.writes.get(m.seq);

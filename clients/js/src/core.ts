@@ -137,7 +137,8 @@ export class Core {
     if (!c) this.channels.set(channel, (c = { tabs: new Set(), wire: null, presence: false }));
     c.tabs.add(tab);
     c.presence ||= presence;
-    if (pos?.epoch && !this.connected && (!c.wire || pos.offset < c.wire.offset)) c.wire = pos;
+    // Never resubscribe without a position once any tab had one; before connecting, start from the furthest behind.
+    if (pos?.epoch && (!c.wire || (!this.connected && pos.offset < c.wire.offset))) c.wire = pos;
     return c;
   }
 

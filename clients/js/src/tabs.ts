@@ -18,7 +18,8 @@ class LocalBus implements Bus {
   private fn: (m: Message) => void = () => {};
   private closed = false;
   post(msg: Message) {
-    if (!this.closed) queueMicrotask(() => this.fn(structuredClone(msg)));
+    // Not cloned: nothing mutates a message once posted (the other tabs get structured clones).
+    if (!this.closed) queueMicrotask(() => this.fn(msg));
   }
   onMessage(fn: (m: Message) => void) {
     this.fn = fn;
@@ -39,7 +40,7 @@ class BroadcastBus implements Bus {
   post(msg: Message) {
     if (this.closed) return;
     this.bc.postMessage(msg);
-    queueMicrotask(() => !this.closed && this.fn(structuredClone(msg)));
+    queueMicrotask(() => !this.closed && this.fn(msg));
   }
   onMessage(fn: (m: Message) => void) {
     this.fn = fn;
