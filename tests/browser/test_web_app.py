@@ -228,9 +228,20 @@ def test_message_typed_while_server_down_arrives_once(browser: Browser, server: 
             expect(same).to_have_count(1)
         stored = rest(server, "GET", f"/api/sessions/{sid}/messages", "erin").json()["messages"]
         assert [m["message"] for m in stored].count("said while the server was down") == 1
-        # a refused message says why and does not stay behind: the session ends, then erin posts
+        # a message the server refuses says why and is not left behind: written offline, and the
+        # session ends before erin's browser is back
+        server.kill()
+        erin.context.set_offline(True)
+        send(erin, "too late for this one")
+        expect(log.locator("article").filter(has_text="too late for this one")).to_contain_text("Sending")
+        server.start()
         assert rest(server, "DELETE", f"/api/sessions/{sid}", "erin").status_code == 200
-        expect(erin.get_by_text("This session has ended")).to_be_visible()
+        erin.context.set_offline(False)
+        refused = log.locator("article").filter(has_text="too late for this one")
+        expect(refused).to_contain_text("Not sent", timeout=30_000)
+        expect(refused).to_contain_text("ended")
+        expect(erin.get_by_text("This session has ended.", exact=True)).to_be_visible()
+        expect(erin.get_by_role("status", name="Connection")).not_to_contain_text("to send")
         # reconnect errors while the server was down are the browser's own reports, not the app's
         assert users.errors(allow=("WebSocket connection to", "Failed to load resource", "ERR_CONNECTION_REFUSED")) == []
     finally:
@@ -269,6 +280,17 @@ def test_notes_lock_and_conflicting_save(users: Users, shared_server: ServerProc
     notes_g.get_by_role("button", name="Cancel").click()
     expect(notes_h.get_by_role("button", name="Edit")).to_be_enabled()
     expect(notes_h).not_to_contain_text("Being edited by")
+
+    # history pages back when the log is scrolled to the top
+    with httpx.Client(base_url=srv.url, headers={"Authorization": "Bearer hal"}, timeout=10) as h:
+        for i in range(60):
+            assert h.post(f"/api/sessions/{sid}/messages", json={"message": f"history {i:02d}"}).status_code == 201
+    later = users.open(gina.context, f"/sessions/{sid}").page
+    log = later.get_by_role("log", name="Messages")
+    expect(log).to_contain_text("history 59")
+    expect(log.get_by_text("history 00", exact=True)).to_have_count(0)
+    log.evaluate("el => { el.scrollTop = 0; }")
+    expect(log.get_by_text("history 00", exact=True)).to_be_visible()
     assert users.errors(allow=(CONFLICT,)) == []  # the refused save's 409, logged by Chromium itself
 
 
