@@ -52,6 +52,8 @@ export class Subscription {
   /** A first subscribe without a position is waiting for its ACK: earlier events are not ours. */
   awaitingFirst = true;
   recovering = false;
+  /** Offsets caused by this connection that the server does not echo to it. */
+  readonly skips = new Set<number>();
   readonly handlers = new Map<string | null, Handler[]>();
   readonly reloads: ((channel: string) => any)[] = [];
   presence = false;
@@ -407,6 +409,9 @@ export class Client {
       }
       case "settled":
         return this.onSettled(m);
+      case "skip":
+        this.noteSkip(m.channel, m.offset);
+        return;
       case "synced":
         this.lastSyncedAt = new Date(m.at);
         this.changed("synced");
@@ -500,7 +505,8 @@ export class Client {
     });
   }
 
-  private async onFrame(frame: TetherEvent): Promise<void> {
+  /** `replayed`: from an ACK's publications, which hold exactly the missed events: no hole check. */
+  private async onFrame(frame: TetherEvent, replayed = false): Promise<void> {
     const { channel, offset } = frame;
     const sub = channel ? this.subs.get(channel) : undefined;
     if (typeof offset !== "number") {
@@ -509,12 +515,19 @@ export class Client {
       return;
     }
     if (!sub) return; // another tab's channel
+    // Events this connection caused and the server does not echo to it (its own progress,
+    // its stream's start and end): step over their offsets instead of taking them for holes.
+    while (sub.position?.epoch && sub.skips.has(sub.position.offset + 1)) {
+      sub.skips.delete(sub.position.offset + 1);
+      sub.position = { ...sub.position, offset: sub.position.offset + 1 };
+    }
+    if (sub.skips.delete(offset)) return;
     const pos = sub.position;
     if (!pos) {
       if (sub.awaitingFirst) return; // before our first ACK: not part of our subscription yet
     } else if (offset <= pos.offset) {
       return; // delivered already (a replay overlapping live delivery)
-    } else if (offset > pos.offset + 1 && pos.epoch) {
+    } else if (offset > pos.offset + 1 && pos.epoch && !replayed) {
       // A hole (an event lost between tabs, or a missed frame): recover it, never skip ahead.
       if (!sub.recovering) {
         sub.recovering = true;
@@ -570,7 +583,7 @@ export class Client {
       this.changed(`channels/${channel}`);
       return;
     } else if (since && ack.recovered) {
-      for (const ev of ack.publications ?? []) await this.onFrame(ev);
+      for (const ev of ack.publications ?? []) await this.onFrame(ev, true);
     } else if (!since && pos.offset < top.offset) {
       // Someone subscribed without a position while we were behind: catch up from ours.
       sub.recovering = true;
@@ -680,9 +693,15 @@ export class Client {
   }
 
   /** One WebSocket request (UPDATE_PROGRESS, STREAM_*, ...), online only. */
-  request<T = any>(type: string, data: object = {}): Promise<T> {
-    if (this._state !== "connected") return Promise.reject(new Disconnected("offline"));
+  async request<T = any>(type: string, data: Record<string, any> = {}): Promise<T> {
+    if (this._state !== "connected") throw new Disconnected("offline");
     return this.call("request", { type, data });
+  }
+
+  /** The offset of an event the shared connection caused and will not receive (see onFrame). */
+  noteSkip(channel: string, offset: number): void {
+    const sub = this.subs.get(channel);
+    if (sub && (!sub.position || offset > sub.position.offset)) sub.skips.add(offset);
   }
 
   // -- documents cache ------------------------------------------------------------------------

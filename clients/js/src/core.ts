@@ -14,6 +14,9 @@ import {
 import type { Bus, Message } from "./tabs.js";
 import type { OutboxEntry, Position, State } from "./types.js";
 
+/** Requests whose event the server sends to everyone but the connection that made it. */
+const NOT_ECHOED = new Set(["UPDATE_PROGRESS", "STREAM_START", "STREAM_END"]);
+
 interface Channel {
   tabs: Set<string>;
   /** Where the next resubscribe starts: the last offset broadcast (or the furthest-behind tab's). */
@@ -55,6 +58,8 @@ export class Core {
   private channels = new Map<string, Channel>();
   private inflight = new Map<string, Position | null>();
   private liveTabs = new Set<string>();
+  /** stream id -> channel, for streams written through this connection. */
+  private streams = new Map<string, string>();
   private backoff: Backoff;
   private pacer: Pacer;
   private window: number;
@@ -174,7 +179,9 @@ export class Core {
         }
         case "request": {
           if (!this.connected) throw new Disconnected("offline");
-          return reply(true, await this.link!.request(a.type, a.data ?? {}));
+          const ack = await this.link!.request(a.type, a.data ?? {});
+          this.noteOwnEvent(a.type, a.data ?? {}, ack);
+          return reply(true, ack);
         }
         default:
           throw new ClientError(`unknown operation ${m.op}`);
@@ -182,6 +189,19 @@ export class Core {
     } catch (e) {
       reply(false, undefined, e);
     }
+  }
+
+  /**
+   * The server does not echo to a connection the events it caused (its progress report, its
+   * stream's start and end). Runs before any later frame is broadcast (the ACK's continuation
+   * is a microtask), so the tabs step over that offset instead of taking it for a hole.
+   */
+  private noteOwnEvent(type: string, data: any, ack: any): void {
+    if (type === "STREAM_START" && ack?.stream_id) this.streams.set(ack.stream_id, ack.channel ?? data.channel);
+    if (typeof ack?.offset !== "number" || !NOT_ECHOED.has(type)) return;
+    const channel = ack.channel ?? data.channel ?? (type === "UPDATE_PROGRESS" ? `users.${this.userId}` : this.streams.get(data.stream_id));
+    if (type === "STREAM_END") this.streams.delete(data.stream_id);
+    if (typeof channel === "string") this.bus.post({ t: "skip", channel, offset: ack.offset });
   }
 
   /** SUBSCRIBE on the wire; the ACK (with its replay) reaches every tab before any later frame. */

@@ -166,3 +166,18 @@ test("a replay overlapping what was delivered (a tab far behind joining) reaches
   await until(() => seen.length >= 11, "the next event");
   assert.deepEqual(seen, Array.from({ length: 11 }, (_, i) => i));
 });
+
+test("own progress is not echoed back, and its offset is not taken for a hole", async () => {
+  const phone = make("pat:phone"), laptop = make("pat:laptop");
+  await phone.connect();
+  await laptop.connect();
+  const onPhone = [], onLaptop = [];
+  phone.on(null, (e) => e.offset && onPhone.push(e.type));
+  laptop.onShootProgress((p) => onLaptop.push(p.progress));
+  await until(() => phone.subscription("users.pat")?.position?.epoch, "the user channel");
+  await phone.devices.updateProgress({ shootId: "s1", processedCount: 1, totalCount: 2 });
+  await server.api("POST", "/api/users/pat/events", { type: "CREDIT_UPDATE", data: { balance: 3 } });
+  await until(() => onPhone.includes("CREDIT_UPDATE") && onLaptop.length === 1, "the events");
+  assert.deepEqual(onLaptop, [0.5]);
+  assert.ok(!onPhone.includes("SHOOT_PROGRESS"), onPhone.join());
+});
