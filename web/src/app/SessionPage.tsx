@@ -210,10 +210,14 @@ export function SessionPage(props: { id?: string; params?: { id?: string } }) {
             <p class="small" role="alert" style="min-height: 1.2em; margin: 0.4rem 0 0; color: var(--bad)">{notice ?? ""}</p>
             {isHost && session.is_private && session.is_active && <Invite id={id} />}
           </section>
-          {present || !session.is_active ? (
+          {present || (!session.is_active && people.some((p) => p.user_id === me.userId)) ? (
             <Chat id={id} session={session} canPost={present} sink={sink} />
           ) : (
-            <p class="panel muted">Join the session to read and write in its chat and notes.</p>
+            <p class="panel muted">
+              {session.is_active
+                ? "Join the session to read and write in its chat and notes."
+                : "The chat of an ended session stays with the people who took part."}
+            </p>
           )}
         </div>
         <div class="stack">
