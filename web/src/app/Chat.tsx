@@ -34,6 +34,7 @@ export function Chat(props: { id: string; session: Session; canPost: boolean; si
   const log = useRef<HTMLDivElement>(null);
   const stick = useRef(true); // follow new messages while the reader is at the bottom
   const keepFromBottom = useRef<number | null>(null); // keep the view still while older ones load above
+  const messagesLoadedOnce = useRef(false); // later reloads must not forget older pages already shown
 
   // live messages from the session channel (SessionPage feeds them here)
   useEffect(() => {
@@ -63,7 +64,6 @@ export function Chat(props: { id: string; session: Session; canPost: boolean; si
       stale = true;
     };
   }, [client, id, syncTick, state === "connected"]);
-  const messagesLoadedOnce = useRef(false);
 
   // what this browser still has to send (kept in the outbox across reloads and restarts)
   useEffect(() => {

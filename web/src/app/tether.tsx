@@ -83,11 +83,11 @@ function labelOf(state: State, everConnected: boolean): ConnLabel {
   return everConnected || state === "reconnecting" ? "Reconnecting" : "Connecting";
 }
 
-function percent(p: ShootProgress): number {
+/** A job's progress in whole percent, 0–100. */
+export function percent(p: ShootProgress): number {
   const raw = typeof p.progress === "number" ? p.progress : p.totalCount ? p.processedCount / p.totalCount : 0;
   return Math.max(0, Math.min(100, Math.round(raw * 100)));
 }
-export { percent };
 
 export function TetherProvider(props: { me: SignIn; children: ComponentChildren }) {
   const { me } = props;
