@@ -23,7 +23,9 @@ def make_client(page: Page, url: str, token: str, store: str, channel: str | Non
     return page.evaluate(
         """async ([url, token, store, channel]) => {
             window.seen = [];
+            window.credits = [];
             window.c = new T.Client(url, {token, store, backoff: %s});
+            c.onCreditUpdate((credit) => credits.push(credit.balance));
             await c.connect();
             if (channel) await c.subscribe(channel, (e) => seen.push(e.data.i));
             return c.state;
@@ -65,6 +67,12 @@ def rest_publish(server: ServerProcess, channel: str, *items: int) -> None:
         for i in items:
             r = api.post(f"/api/channels/{channel}/publish", json={"type": "PUBLICATION", "data": {"i": i}})
             assert r.status_code < 300, r.text
+
+
+def rest_push(server: ServerProcess, user: str, type: str, data: dict[str, Any]) -> None:
+    with httpx.Client(base_url=server.url, headers={"X-API-Key": API_KEY}) as api:
+        r = api.post(f"/api/users/{user}/events", json={"type": type, "data": data})
+        assert r.status_code == 202, r.text
 
 
 def test_writes_made_offline_survive_a_reload_and_arrive_once(browser: Browser, server: ServerProcess) -> None:
@@ -124,7 +132,14 @@ def test_three_tabs_share_one_websocket_and_hand_it_over(browser: Browser, serve
             break
         followers[0].wait_for_timeout(100)
     assert connections(server) == 1
-    for tab in followers:
+    # A tab opened later still gets the state the server retained for the connection.
+    rest_push(server, "quinn", "CREDIT_UPDATE", {"balance": 42})
+    followers[0].wait_for_function("credits.includes(42)")
+    late = client_page(ctx, server.url)
+    assert make_client(late, server.url, "quinn:web", "tabs-app") == "connected"
+    assert not late.evaluate("c.isLeader")
+    late.wait_for_function("credits.includes(42)")
+    for tab in [*followers, late]:
         assert page_errors(tab) == []
     ctx.close()
 

@@ -357,6 +357,7 @@ export class Client {
   private async handle(m: Message): Promise<void> {
     switch (m.t) {
       case "frame":
+        if (m.to && m.to !== this.tabId) return; // state retained for a tab that opened later
         return this.onFrame(m.frame);
       case "ack":
         return this.onAck(m.channel, m.ack, m.since);

@@ -60,6 +60,7 @@ export class Core {
   private liveTabs = new Set<string>();
   /** stream id -> channel, for streams written through this connection. */
   private streams = new Map<string, string>();
+  private retained = new Map<string, { frame: any; at: number }>();
   private backoff: Backoff;
   private pacer: Pacer;
   private window: number;
@@ -108,6 +109,7 @@ export class Core {
     if (this.closing) return;
     switch (m.t) {
       case "hello":
+        if (!this.liveTabs.has(m.tab) && m.tab !== this.client.tabId) this.sendRetained(m.tab);
         this.liveTabs.add(m.tab);
         for (const [ch, pos] of Object.entries(m.subs ?? {})) {
           const c = this.track(ch, m.tab, pos as Position | null);
@@ -231,11 +233,32 @@ export class Core {
   }
 
   private onFrame(frame: any): void {
+    this.retain(frame);
     if (typeof frame.channel === "string" && typeof frame.offset === "number") {
       const c = this.channels.get(frame.channel);
       if (c?.wire && frame.offset > c.wire.offset) c.wire = { offset: frame.offset, epoch: c.wire.epoch };
     }
     this.bus.post({ t: "frame", frame });
+  }
+
+  /**
+   * The state the server re-sends to each new connection (latest progress per shoot, latest
+   * credit, other retained pushes) goes to the connection, not to tabs opened later: keep it
+   * for them, updated by the live events of the same kind.
+   */
+  private retain(frame: any): void {
+    const live = frame.channel === `users.${this.userId}` && (frame.type === "SHOOT_PROGRESS" || frame.type === "CREDIT_UPDATE");
+    if (!frame.retained && !live) return;
+    const key = `${frame.type}\n${frame.type === "SHOOT_PROGRESS" ? frame.data?.shootId ?? "" : ""}`;
+    this.retained.set(key, { frame: { type: frame.type, data: frame.data, retained: true }, at: Date.now() });
+  }
+
+  private sendRetained(tab: string): void {
+    for (const [key, r] of this.retained) {
+      const ended = r.frame.type === "SHOOT_PROGRESS" && ["completed", "failed"].includes(r.frame.data?.status);
+      if (ended && Date.now() - r.at > 5000) this.retained.delete(key);
+      else this.bus.post({ t: "frame", frame: r.frame, to: tab });
+    }
   }
 
   private setState(state: State, settled = this.settled): void {
