@@ -263,7 +263,8 @@ export class Client {
       for (const e of await this.storage.pending()) this.outbox.set(e.seq, e);
       for (const d of await this.storage.documents()) this.docs.set(`${d.collection}/${d.id}`, d);
       const id = tokenIdentity(this.token);
-      const shared = this.options.shareConnection !== false && (this.options.store ?? ":memory:") !== ":memory:";
+      // Tabs share a connection only through a shared durable outbox (IndexedDB).
+      const shared = this.options.shareConnection !== false && this.storage.durable;
       const name = shared ? `tether:${this.url}:${this.options.store}:${id.user}:${id.device ?? ""}:${this.apiKey ? "key" : ""}` : null;
       this.election = elect(name);
       this.bus = this.election.bus;
