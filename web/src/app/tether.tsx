@@ -14,31 +14,7 @@ export class Live {
   invites: { sessionId: string; title: string; by: string }[] = [];
   private listeners = new Set<() => void>();
 
-  /** The server re-sends this state to each new connection, but a tab that joins another tab's
-   * shared connection does not get it: so the tabs keep the latest copy in localStorage too. */
-  constructor(private key?: string) {
-    if (!key) return;
-    try {
-      const saved = JSON.parse(localStorage.getItem(key) ?? "null");
-      if (saved) {
-        this.credits = typeof saved.credits === "number" ? saved.credits : null;
-        for (const p of saved.progress ?? []) {
-          if (p.status !== "completed" && p.status !== "failed") this.progress.set(p.shootId, p);
-        }
-      }
-    } catch {
-      /* nothing saved, or unreadable: the live events fill it */
-    }
-  }
-
   changed(): void {
-    if (this.key) {
-      try {
-        localStorage.setItem(this.key, JSON.stringify({ credits: this.credits, progress: [...this.progress.values()] }));
-      } catch {
-        /* storage full or denied: only new tabs miss the copy */
-      }
-    }
     for (const l of this.listeners) l();
   }
   listen(fn: () => void): () => void {
@@ -98,7 +74,7 @@ export function TetherProvider(props: { me: SignIn; children: ComponentChildren 
       getToken: me.kind === "jwt" ? () => me.token : undefined,
       store: `tether-web.${me.userId}`,
     });
-    const live = new Live(`tether.live.${me.userId}`);
+    const live = new Live();
     client.onShootProgress((p: ShootProgress) => {
       live.progress.set(p.shootId, p);
       live.changed();
