@@ -194,14 +194,12 @@ export function SessionPage(props: { id?: string; params?: { id?: string } }) {
               <p class="notice">This session has ended.</p>
             ) : (
               <div class="row">
-                {present ? (
-                  <button type="button" onClick={() => act("leave")} disabled={busy}>Leave</button>
-                ) : (
-                  <>
-                    <button class="primary" type="button" onClick={() => act("join")} disabled={busy || full}>Join</button>
-                    {full && <strong>Session full</strong>}
-                  </>
-                )}
+                {/* one button that changes its label, so the keyboard focus stays on it */}
+                <button class={present ? undefined : "primary"} type="button" onClick={() => act(present ? "leave" : "join")}
+                  disabled={busy || (!present && full)}>
+                  {present ? "Leave" : "Join"}
+                </button>
+                {!present && full && <strong>Session full</strong>}
                 {isHost && (
                   <button class="danger" type="button" onClick={() => act("end")} disabled={busy}>End session</button>
                 )}

@@ -26,6 +26,7 @@ export function SessionsPage() {
   const [sessions, setSessions] = useState<Session[] | null>(null);
   const [loadError, setLoadError] = useState<string | null>(null);
   const [creating, setCreating] = useState(false);
+  const newButton = useRef<HTMLButtonElement>(null);
   const filters = useRef({ q, category });
   filters.current = { q, category };
   document.title = "Live sessions · Tether";
@@ -82,11 +83,16 @@ export function SessionsPage() {
       <div class="row">
         <h1 class="grow" style="margin: 0">Live sessions</h1>
         {!creating && (
-          <button class="primary" type="button" onClick={() => setCreating(true)}>New session</button>
+          <button ref={newButton} class="primary" type="button" onClick={() => setCreating(true)}>New session</button>
         )}
       </div>
       {creating ? (
-        <NewSessionForm onDone={() => setCreating(false)} />
+        <NewSessionForm
+          onDone={() => {
+            setCreating(false);
+            setTimeout(() => newButton.current?.focus());
+          }}
+        />
       ) : (
         <div class="toolbar panel" role="search">
           <div>
