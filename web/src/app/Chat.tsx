@@ -1,6 +1,6 @@
 import { useEffect, useLayoutEffect, useRef, useState } from "preact/hooks";
 import type { ChatMessage, Session, StreamView } from "@tether/client";
-import { reasonOf, useTether } from "./tether";
+import { reasonOf, serially, useTether } from "./tether";
 import type { SessionEvents } from "./SessionPage";
 import { clock } from "../ui/format";
 
@@ -78,7 +78,7 @@ export function Chat(props: { id: string; session: Session; canPost: boolean; si
   useEffect(() => {
     let watch: { close(): Promise<void> } | null = null;
     let gone = false;
-    Promise.resolve(client.streams.watch(`sessions.${id}`, (views: StreamView[]) => setStreams([...views]))).then(
+    serially(client, () => client.streams.watch(`sessions.${id}`, (views: StreamView[]) => setStreams([...views]))).then(
       (w) => (gone ? void w?.close() : (watch = w)),
       () => {},
     );

@@ -190,7 +190,7 @@ export function follow(
   handler: (e: TetherEvent) => void,
   opts: { presence?: boolean; onReload?: (channel: string) => void } = {},
 ): () => void {
-  const made = client.subscribe(channel, handler, opts).catch(() => null);
+  const made = serially(client, () => client.subscribe(channel, handler, opts)).catch(() => null);
   const drop = () => {
     const sub = client.subscription(channel);
     if (!sub) return;
@@ -203,4 +203,17 @@ export function follow(
     if (client.subscription(channel)) drop();
     else void made.then(drop);
   };
+}
+
+const queues = new WeakMap<Client, Promise<unknown>>();
+
+/**
+ * Run subscribe-like calls of one client one after the other: two subscribe() calls for the
+ * same channel racing each other would each make a subscription, and the handlers of the first
+ * would never hear anything.
+ */
+export function serially<T>(client: Client, fn: () => Promise<T>): Promise<T> {
+  const run = (queues.get(client) ?? Promise.resolve()).then(fn, fn);
+  queues.set(client, run.catch(() => undefined));
+  return run;
 }
