@@ -328,7 +328,8 @@ def test_devices_progress_and_credits(users: Users, shared_server: ServerProcess
 
 
 def test_tab_opened_mid_stream_shows_text_so_far(users: Users, shared_server: ServerProcess) -> None:
-    """A participant streams a message into the session; every tab sees it grow, a late tab the text so far."""
+    """A participant streams a message into the session; every tab sees it grow, a late tab the text so far,
+    and the final text is stored once. Needs the server to take STREAM_START on sessions.{id}: skips until then."""
     srv = shared_server
     jo = sign_in(users, "jo")
     sid = create_session(jo, "Streamed answers")
