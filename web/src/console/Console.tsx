@@ -10,6 +10,7 @@ const KEY = "tether.console";
 const SAMPLE_MS = 2000;
 const WINDOW = 150; // samples: 5 minutes at one every 2 s
 const MAX_EVENTS = 200;
+const MAX_ROWS = 200;
 
 interface Stats {
   connections: number;
@@ -259,7 +260,7 @@ function Dashboard(props: { cred: Cred; onSignOut: (why: string | null) => void 
                   </tr>
                 </thead>
                 <tbody>
-                  {channels.map((c) => (
+                  {channels.slice(0, MAX_ROWS).map((c) => (
                     <tr key={c.channel}>
                       <td>{c.channel}</td>
                       <td class="num">{c.subscribers}</td>
@@ -269,6 +270,11 @@ function Dashboard(props: { cred: Cred; onSignOut: (why: string | null) => void 
                 </tbody>
               </table>
             </div>
+            {channels.length > MAX_ROWS && (
+              <p class="small muted">
+                Showing {MAX_ROWS} of {channels.length} channels: narrow them with a filter.
+              </p>
+            )}
           </section>
           <div class="stack">
             <Publish client={client} />
