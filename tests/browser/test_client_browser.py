@@ -163,7 +163,8 @@ def test_the_documented_chat_example_works(browser: Browser, server: ServerProce
     rita, sam = pages
     rita.goto(server.url + "/chat.html")
     rita.wait_for_function("location.hash.length > 1")
-    expect_status = "document.querySelector('#status').textContent === 'Connected'"
+    # connected, and the page's script has run to its end (the form is wired up)
+    expect_status = "document.querySelector('#status').textContent === 'Connected' && !!document.querySelector('#send').onsubmit"
     rita.wait_for_function(expect_status)
     sam.goto(rita.url)
     sam.wait_for_function(expect_status)
