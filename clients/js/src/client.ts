@@ -57,6 +57,8 @@ export class Subscription {
   readonly handlers = new Map<string | null, Handler[]>();
   readonly reloads: ((channel: string) => any)[] = [];
   presence = false;
+  /** @internal the stored position has been read */
+  loaded: Promise<void> = Promise.resolve();
 
   constructor(readonly channel: string, private client: Client) {}
 
@@ -447,19 +449,20 @@ export class Client {
     let sub = this.subs.get(channel);
     const fresh = !sub;
     if (!sub) {
-      sub = new Subscription(channel, this);
-      if (this.options.resume !== false) {
-        const pos = await this.storage.position(channel);
-        if (pos) {
-          sub.position = pos;
-          sub.awaitingFirst = false;
+      // Registered at once, so that concurrent subscribes of one channel share it (and its handlers).
+      const s = (sub = new Subscription(channel, this));
+      this.subs.set(channel, s);
+      s.loaded = this.options.resume === false ? Promise.resolve() : this.storage.position(channel).then((pos) => {
+        if (pos && !s.position) {
+          s.position = pos;
+          s.awaitingFirst = false;
         }
-      }
-      this.subs.set(channel, sub);
+      }, () => {});
     }
     if (handler) sub.on(null, handler);
     if (opts.onReload) sub.onReload(opts.onReload);
     if (opts.presence) sub.presence = true;
+    await sub.loaded;
     const ask = this.call("subscribe", { channel, since: sub.position?.epoch ? sub.position : null, presence: sub.presence });
     if (this.inHandler) {
       // From inside a handler the replay can only be delivered after that handler returns.

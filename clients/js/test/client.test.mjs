@@ -181,3 +181,12 @@ test("own progress is not echoed back, and its offset is not taken for a hole", 
   assert.deepEqual(onLaptop, [0.5]);
   assert.ok(!onPhone.includes("SHOOT_PROGRESS"), onPhone.join());
 });
+
+test("concurrent subscribes of one channel keep every handler", async () => {
+  const c = make("quin:q");
+  await c.connect();
+  const a = [], b = [];
+  await Promise.all([c.subscribe("public.twice", (e) => a.push(e.data.i)), c.subscribe("public.twice", (e) => b.push(e.data.i))]);
+  await (await c.publish("public.twice", { i: 1 })).acked;
+  await until(() => a.length === 1 && b.length === 1, "both handlers");
+});
