@@ -74,6 +74,23 @@ export class Subscription {
     this.reloads.push(fn);
   }
 
+  /** Removes a handler (given to subscribe() or on()); true when one was removed. */
+  off(handler: Handler): boolean {
+    for (const list of this.handlers.values()) {
+      const i = list.indexOf(handler);
+      if (i >= 0) {
+        list.splice(i, 1);
+        return true;
+      }
+    }
+    return false;
+  }
+
+  /** Whether any handler still listens (a component may unsubscribe when none does). */
+  get listened(): boolean {
+    return [...this.handlers.values()].some((l) => l.length > 0);
+  }
+
   unsubscribe(): Promise<void> {
     return this.client.unsubscribe(this.channel);
   }

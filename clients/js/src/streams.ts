@@ -34,14 +34,15 @@ export class StreamWatch {
   readonly streams = new Map<string, StreamView>();
   sub: Subscription | null = null;
   private closed = false;
+  private handler = (e: TetherEvent) => {
+    if (!this.closed && e.type.startsWith("STREAM_")) this.onEvent(e);
+  };
   constructor(private client: Client, readonly channel: string, private fn: (views: StreamView[]) => void) {}
 
   /** @internal */
   async start(): Promise<this> {
     // The handler is in place before the SUBSCRIBE goes out: STREAM_STATE arrives just before its ACK.
-    this.sub = await this.client.subscribe(this.channel, (e) => {
-      if (!this.closed && e.type.startsWith("STREAM_")) this.onEvent(e);
-    });
+    this.sub = await this.client.subscribe(this.channel, this.handler);
     return this;
   }
 
@@ -75,6 +76,7 @@ export class StreamWatch {
 
   async close(): Promise<void> {
     this.closed = true;
+    this.sub?.off(this.handler); // the subscription itself stays: others may listen on the channel
   }
 }
 
