@@ -39,6 +39,7 @@ export class Link {
   private pending = new Map<string, Pending>();
   private lastHeard = Date.now();
   private keepalive?: ReturnType<typeof setInterval>;
+  private deadline?: ReturnType<typeof setTimeout>;
   private closedWaiters: (() => void)[] = [];
 
   private constructor(private opts: LinkOptions) {}
@@ -98,19 +99,15 @@ export class Link {
 
   private startKeepalive(): void {
     const ms = this.opts.pingIntervalMs ?? (Number(this.hello.pingInterval) || 25) * 1000;
-    // Check at half the interval so a silent link is noticed within two intervals.
-    let sinceSent = 0;
-    this.keepalive = setInterval(() => {
-      if (Date.now() - this.lastHeard > 2 * ms) {
-        this.shut(4011, "no frame for two ping intervals: the link looks dead");
-        return;
-      }
-      sinceSent += ms / 2;
-      if (sinceSent >= ms) {
-        sinceSent = 0;
-        this.send({ type: "PING", data: { timestamp: Date.now() } });
-      }
-    }, ms / 2);
+    this.keepalive = setInterval(() => this.send({ type: "PING", data: { timestamp: Date.now() } }), ms);
+    // A link on which nothing arrived for two intervals is dead: the timer is moved lazily
+    // (not on every frame), and fires exactly two intervals after the last frame heard.
+    const check = () => {
+      const idle = Date.now() - this.lastHeard;
+      if (idle >= 2 * ms) this.shut(4011, "no frame for two ping intervals: the link looks dead");
+      else this.deadline = setTimeout(check, 2 * ms - idle);
+    };
+    this.deadline = setTimeout(check, 2 * ms);
   }
 
   private onFrame(frame: any): void {
@@ -191,6 +188,7 @@ export class Link {
       this.closeReason = reason;
     }
     clearInterval(this.keepalive);
+    clearTimeout(this.deadline);
     try {
       this.ws?.close(code === 1000 || (code >= 3000 && code < 5000) ? code : 1000, reason.slice(0, 100));
     } catch {
