@@ -71,9 +71,15 @@ export function SessionPage(props: { id?: string; params?: { id?: string } }) {
             break;
           }
           case "SESSION_UPDATED":
-          case "SESSION_ENDED":
             setSession(d as Session);
             break;
+          case "SESSION_ENDED": {
+            // the end sets everyone's left_at: show the room empty
+            const at = (d.ended_at as string) ?? new Date().toISOString();
+            setSession(d as Session);
+            setPeople((cur) => cur.map((p) => (p.left_at ? p : { ...p, left_at: at })));
+            break;
+          }
           case "MESSAGE_CREATED":
             sink.message?.(d as ChatMessage);
             break;
