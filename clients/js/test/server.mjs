@@ -21,6 +21,13 @@ export function freePort() {
   });
 }
 
+// A server started by a test dies with the test process, even when that process is killed.
+const running = new Set();
+process.on("exit", () => {
+  for (const proc of running) if (proc.exitCode === null) proc.kill("SIGKILL");
+});
+for (const sig of ["SIGINT", "SIGTERM"]) process.once(sig, () => process.exit(1));
+
 export class Server {
   constructor(args = []) {
     this.args = args;
@@ -40,7 +47,12 @@ export class Server {
     };
     const log = openSync(path.join(this.dataDir, "server.log"), "a");
     const python = process.env.PYTHON ?? "python";
-    this.proc = spawn(python, ["-m", "tether", "serve", "--port", String(this.port), "--data-dir", path.join(this.dataDir, "data"), ...this.args], { env, stdio: ["ignore", "ignore", log] });
+    // PR_SET_PDEATHSIG (kept across exec): the server is killed when this test process dies, however it dies.
+    const boot = "import ctypes, os, signal, sys; ctypes.CDLL('libc.so.6').prctl(1, signal.SIGKILL); os.execv(sys.executable, [sys.executable, '-m', 'tether', *sys.argv[1:]])";
+    this.proc = spawn(python, ["-c", boot, "serve", "--port", String(this.port), "--data-dir", path.join(this.dataDir, "data"), ...this.args], { env, stdio: ["ignore", "ignore", log] });
+    running.add(this.proc);
+    const proc = this.proc;
+    proc.once("exit", () => running.delete(proc));
     const exited = new Promise((r) => this.proc.once("exit", r));
     const deadline = Date.now() + 30000;
     while (Date.now() < deadline) {
