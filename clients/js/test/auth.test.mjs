@@ -92,3 +92,26 @@ test("an operator disconnect: back when allowed (nothing missed), failed with th
   await c.waitFor("failed", 15000);
   assert.equal(c.disconnectReason, "maintenance");
 });
+
+test("a backend connects with the API key (?api_key= on the WebSocket, X-API-Key on REST)", async (t) => {
+  const probe = await new Promise((resolve) => {
+    const ws = new WebSocket(server.url.replace("http", "ws") + "/ws?api_key=test-api-key");
+    ws.on("message", (raw) => {
+      resolve(JSON.parse(raw.toString()).type === "CONNECTED");
+      ws.close();
+    });
+    ws.on("close", () => resolve(false));
+    ws.on("error", () => resolve(false));
+  });
+  if (!probe) return t.skip("this server does not take ?api_key= on the WebSocket yet");
+  const backend = make(undefined, { apiKey: "test-api-key" });
+  await backend.connect();
+  assert.equal(backend.state, "connected");
+  const user = make(jwt("yuri", 3600));
+  await user.connect();
+  const seen = [];
+  await user.subscribe("public.backend", (e) => seen.push(e.data.n));
+  await (await backend.publish("public.backend", { n: 1 })).acked;
+  await until(() => seen.length === 1, "the backend's event");
+  assert.equal((await backend.rest("GET", "/api/users/yuri/devices")).devices.length, 1);
+});
