@@ -57,6 +57,9 @@ export class Subscription {
   readonly handlers = new Map<string | null, Handler[]>();
   readonly reloads: ((channel: string) => any)[] = [];
   presence = false;
+  /** The last events delivered on this channel (at most `keep`), oldest first: a cache for views. */
+  readonly events: TetherEvent[] = [];
+  keep = 500;
   /** @internal the stored position has been read */
   loaded: Promise<void> = Promise.resolve();
 
@@ -594,6 +597,7 @@ export class Client {
     } else if (pos.epoch !== top.epoch || (since && !ack.recovered && pos.offset < top.offset)) {
       // History cannot fill the gap: never pretend; the app reloads.
       sub.position = top;
+      sub.events.length = 0;
       await this.storage.setPosition(channel, top, true).catch(() => {});
       for (const fn of [...sub.reloads, ...this.reloadListeners]) {
         try {
@@ -616,7 +620,23 @@ export class Client {
     if (sub.position?.epoch) await this.storage.setPosition(channel, sub.position).catch(() => {});
   }
 
+  /**
+   * The optimistic view of a channel: the events delivered (cached, last 500), then this
+   * store's publishes still in the outbox, marked `pending: true`.
+   */
+  messages(channel: string): (TetherEvent & { pending?: boolean; seq?: number })[] {
+    const sent = this.subs.get(channel)?.events ?? [];
+    const queued = this.pending(channel)
+      .filter((e) => e.kind === "publish")
+      .map((e) => ({ type: "PUBLICATION", channel, data: e.payload.data, pending: true, seq: e.seq }));
+    return [...sent, ...queued];
+  }
+
   private async deliver(sub: Subscription | undefined, ev: TetherEvent): Promise<void> {
+    if (sub && typeof ev.offset === "number") {
+      sub.events.push(ev);
+      if (sub.events.length > sub.keep) sub.events.splice(0, sub.events.length - sub.keep);
+    }
     const list: Handler[] = [];
     if (sub) list.push(...(sub.handlers.get(ev.type) ?? []), ...(sub.handlers.get(null) ?? []));
     list.push(...(this.handlers.get(ev.type) ?? []), ...(this.handlers.get(null) ?? []));

@@ -52,6 +52,17 @@ test("a refused write rolls back and says why", async () => {
   assert.equal(c.pending("users.somebody-else").length, 0); // rolled back
   await until(() => errors.length === 1, "onError");
   assert.deepEqual(errors[0], ["forbidden", "users.somebody-else"]);
+  // The channel's optimistic view: delivered events, then pending publishes.
+  await c.subscribe("public.view");
+  await (await c.publish("public.view", { n: 1 })).acked;
+  await until(() => c.messages("public.view").length === 1 && !c.messages("public.view")[0].pending, "the delivered event");
+  await server.kill();
+  await c.waitFor("reconnecting");
+  await c.publish("public.view", { n: 2 });
+  assert.deepEqual(c.messages("public.view").map((m) => [m.data.n, !!m.pending]), [[1, false], [2, true]]);
+  await server.start();
+  await c.flush();
+  await until(() => c.messages("public.view").length === 2 && !c.messages("public.view")[1].pending, "the sent event");
   // Later writes still go through.
   const ok = await c.publish("public.after", { y: 1 });
   assert.ok((await ok.acked).offset >= 1);
