@@ -27,7 +27,8 @@ export function tokenIdentity(token: string | undefined): { user: string; device
   if (parts.length === 3) {
     try {
       const b64 = parts[1].replace(/-/g, "+").replace(/_/g, "/");
-      const json = JSON.parse(decodeURIComponent(escape(atob(b64 + "=".repeat((4 - (b64.length % 4)) % 4)))));
+      const bytes = Uint8Array.from(atob(b64 + "=".repeat((4 - (b64.length % 4)) % 4)), (ch) => ch.charCodeAt(0));
+      const json = JSON.parse(new TextDecoder().decode(bytes));
       return { user: String(json.sub ?? ""), device: json.device_id, exp: typeof json.exp === "number" ? json.exp : undefined };
     } catch {
       return { user: "" };
