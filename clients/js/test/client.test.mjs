@@ -1,6 +1,6 @@
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { Client, ServerError, Conflict } from "../dist/index.js";
+import { Client, ServerError, Conflict, Disconnected } from "../dist/index.js";
 import { Server, WebSocket, until, API_KEY } from "./server.mjs";
 
 let server;
@@ -39,6 +39,11 @@ test("two clients see each other's events, in order, exactly once", async () => 
   }
   assert.deepEqual(seenA, seenB);
   assert.equal(a.outboxSize, 0);
+  // The manual sync: catches up and stamps lastSyncedAt.
+  const before = Date.now();
+  await a.refresh();
+  assert.ok(a.lastSyncedAt instanceof Date && a.lastSyncedAt.getTime() >= before);
+  assert.equal(seenA.length, 20); // nothing delivered twice by the catch-up
 });
 
 test("a refused write rolls back and says why", async () => {
@@ -58,6 +63,7 @@ test("a refused write rolls back and says why", async () => {
   await until(() => c.messages("public.view").length === 1 && !c.messages("public.view")[0].pending, "the delivered event");
   await server.kill();
   await c.waitFor("reconnecting");
+  await assert.rejects(c.refresh(), Disconnected);
   await c.publish("public.view", { n: 2 });
   assert.deepEqual(c.messages("public.view").map((m) => [m.data.n, !!m.pending]), [[1, false], [2, true]]);
   await server.start();
