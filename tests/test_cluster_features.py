@@ -74,7 +74,8 @@ async def test_locks_agree_across_nodes(cluster: Cluster) -> None:
     first = await alice.request("LOCK_ACQUIRE", {"key": key, "ttl_seconds": 30})
     assert first["acquired"] is True
     async with b.http("bob") as bob, c.http("carol") as carol:
-        assert (await bob.post(f"/api/locks/{key}", json={})).json() == {"acquired": False, "token": None}
+        assert (await bob.post(f"/api/locks/{key}", json={})).json() == {
+            "acquired": False, "token": None, "holder": "alice", "expires_at": first["expires_at"]}
         status = (await carol.get(f"/api/locks/{key}")).json()
         assert status["locked"] is True and status["holder"] == "alice"
         assert status["fencing_token"] == first["fencing_token"]
@@ -216,8 +217,8 @@ def _epoch(iso: str) -> float:
 
 async def _next_holder(node: ServerProcess, key: str, expires_at: str) -> dict[str, Any]:
     """Try to take ``key`` until granted; the grant must not come before the old lock's TTL
-    (``expires_at`` is rounded down to the second) nor much after it."""
-    old_expiry = _epoch(expires_at)  # the real expiry is in [old_expiry, old_expiry + 1)
+    (``expires_at`` is rounded down to the millisecond) nor much after it."""
+    old_expiry = _epoch(expires_at)  # the real expiry is in [old_expiry, old_expiry + 0.001)
     async with node.http("next") as http:
         while True:
             r = await http.post(f"/api/locks/{key}", json={"ttl_seconds": 30})

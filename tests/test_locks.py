@@ -18,7 +18,8 @@ async def test_ws_lock_ops_and_rest_see_the_same_lock(shared_server: ServerProce
     b = await WsClient.connect(shared_server, "bob")
     got = await a.request("LOCK_ACQUIRE", {"key": "doc1", "ttl_seconds": 30})
     assert got["acquired"] is True and got["fencing_token"] >= 1 and got["expires_at"].endswith("Z")
-    assert await b.request("LOCK_ACQUIRE", {"key": "doc1"}) == {"acquired": False, "token": None}
+    assert await b.request("LOCK_ACQUIRE", {"key": "doc1"}) == {"acquired": False, "token": None, "holder": "alice",
+                                                               "expires_at": got["expires_at"]}
     status = await b.request("LOCK_STATUS", {"key": "doc1"})
     assert status["locked"] is True and status["holder"] == "alice" and status["fencing_token"] == got["fencing_token"]
     async with shared_server.http("bob") as http:
@@ -26,8 +27,9 @@ async def test_ws_lock_ops_and_rest_see_the_same_lock(shared_server: ServerProce
         r = await http.request("DELETE", "/api/locks/doc1", json={"token": "guess"})
         assert r.json() == {"released": False}
         r = await http.post("/api/locks/doc1/extend", json={"token": "guess", "ttl_seconds": 30})
-        assert r.json() == {"acquired": False, "token": None}
-    assert await b.request("LOCK_EXTEND", {"key": "doc1", "token": "guess"}) == {"acquired": False, "token": None}
+        assert r.json() == {"acquired": False, "token": None, "holder": "alice", "expires_at": got["expires_at"]}
+    assert await b.request("LOCK_EXTEND", {"key": "doc1", "token": "guess"}) == {
+        "acquired": False, "token": None, "holder": "alice", "expires_at": got["expires_at"]}
     assert (await b.request("LOCK_RELEASE", {"key": "doc1", "token": "guess"})) == {"released": False}
     ext = await a.request("LOCK_EXTEND", {"key": "doc1", "token": got["token"], "ttl_seconds": 60})
     assert ext["acquired"] is True and ext["token"] == got["token"] and ext["fencing_token"] == got["fencing_token"]
@@ -95,7 +97,7 @@ async def test_a_lock_expires_at_its_ttl_whatever_the_holder_does(shared_server:
         await asyncio.sleep(1.2)
         assert (await bob.get("/api/locks/exp1")).json()["locked"] is False
         late = await alice.post("/api/locks/exp1/extend", json={"token": got["token"], "ttl_seconds": 30})
-        assert late.json() == {"acquired": False, "token": None}
+        assert late.json() == {"acquired": False, "token": None, "holder": None, "expires_at": None}
         taken = (await bob.post("/api/locks/exp1", json={"ttl_seconds": 30})).json()
         assert taken["acquired"] is True and taken["fencing_token"] > got["fencing_token"]
         r = await alice.request("DELETE", "/api/locks/exp1", json={"token": got["token"]})

@@ -124,8 +124,9 @@ async def test_user_id_must_be_the_callers_own(shared_server: ServerProcess) -> 
         assert r.status_code == 403 and r.json()["error"]["code"] == "forbidden"
         r = await http.delete("/api/presence/room9/alice")
         assert r.status_code == 403 and r.json()["error"]["code"] == "forbidden"
-        r = await http.post("/api/presence/room9", json={})
-        assert r.status_code == 422 and r.json()["error"]["field"] == "user_id"
+        r = await http.post("/api/presence/room9", json={})  # no user_id: the caller's own heartbeat
+        assert r.status_code == 200 and await users(shared_server, "room9") == ["mallory"]
+        assert (await http.delete("/api/presence/room9/mallory")).status_code == 200
         r = await http.post("/api/presence/room%20nine", json={"user_id": "mallory"})
         assert r.status_code == 400 and "key" in r.json()["error"]["message"]
     assert await users(shared_server, "room9") == []

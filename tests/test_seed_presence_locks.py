@@ -84,7 +84,8 @@ async def test_lock_service_replay(server) -> None:
     token = got["token"]
     # a second user's acquire is refused while held (LockableWorkSessionView: acquire with ttl 60)
     refused = decode(await them.send("POST", f"/locks/{session}", b'{"ttl_seconds":60}'), LockResponse)
-    assert refused == {"acquired": False, "token": None}
+    assert refused["acquired"] is False and refused["token"] is None  # the seed decodes these two
+    assert refused["holder"] == me.user_id and refused["expires_at"].endswith("Z")  # fields added: who, until when
     assert decode(await them.send("GET", f"/locks/{session}"), LockStatus)["locked"] is True
     # startLockExtension: extend at 50 % of the TTL; held well past the original 2 s
     extend = b'{"token":"' + token.encode() + b'","ttl_seconds":2}'  # ExtendLockRequest

@@ -56,6 +56,13 @@ def main() -> None:
               help="Seconds a completed or failed shoot's progress stays retained.")
 @click.option("--stream-timeout", type=float, default=60.0, show_default=True, envvar=_env("stream_timeout"),
               help="Seconds without a delta after which a stream is closed as abandoned.")
+@click.option("--retained-progress", default="SHOOT_PROGRESS:shootId,PROGRESS:id", show_default=True,
+              envvar=_env("retained_progress"),
+              help="Progress events retained per id until --retain-ended s after completed/failed: TYPE:idField,...")
+@click.option("--retained-latest", default="CREDIT_UPDATE", show_default=True, envvar=_env("retained_latest"),
+              help="Event types whose latest push is retained for devices that connect later: TYPE,...")
+@click.option("--message-types", default="text,prayer,scripture", show_default=True, envvar=_env("message_types"),
+              help="Chat message types users may post in live sessions (the first is the default unless 'text').")
 @click.option("--channels-file", type=click.Path(path_type=Path, exists=True), envvar=_env("channels_file"),
               help="JSON list of namespace overrides (pattern, subscribe, publish, history_size, history_ttl).")
 @click.option("--log-level", default="info", show_default=True, envvar=_env("log_level"))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -34,6 +35,10 @@ class Settings:
     device_ttl: float = 30.0  # a device's connections expire unless their node heartbeats them (cluster)
     retain_ended: float = 5.0  # a completed/failed shoot's progress stays retained this long
     stream_timeout: float = 60.0  # a stream with no delta for this long is closed as abandoned
+    # Event types retained per id until `retain_ended` s after their status is completed|failed: TYPE:idField,…
+    retained_progress: str = "SHOOT_PROGRESS:shootId,PROGRESS:id"
+    retained_latest: str = "CREDIT_UPDATE"  # event types whose latest push is retained: TYPE,…
+    message_types: str = "text,prayer,scripture"  # chat message types a user may post (the first is the default)
     channels_file: Path | None = None  # JSON list of namespace overrides
     log_level: str = "info"
 
@@ -59,8 +64,37 @@ class Settings:
         except ValueError:
             return False
 
+    def progress_rules(self) -> dict[str, str]:
+        """``retained_progress`` as {event type: id field}."""
+        rules = {}
+        for item in _items(self.retained_progress):
+            etype, sep, field = item.partition(":")
+            if not (sep and _TYPE.match(etype) and _FIELD.match(field)):
+                raise ValueError(f"--retained-progress: {item!r} is not TYPE:idField (e.g. SHOOT_PROGRESS:shootId)")
+            rules[etype] = field
+        return rules
+
+    def latest_types(self) -> frozenset[str]:
+        for etype in _items(self.retained_latest):
+            if not _TYPE.match(etype):
+                raise ValueError(f"--retained-latest: {etype!r} is not an UPPER_SNAKE_CASE event type")
+        return frozenset(_items(self.retained_latest))
+
+    def chat_message_types(self) -> tuple[str, ...]:
+        types = tuple(_items(self.message_types))
+        if not types:
+            raise ValueError("--message-types: name at least one type (e.g. text)")
+        for t in types:
+            if not _MESSAGE_TYPE.match(t) or t == "system":
+                raise ValueError(f"--message-types: {t!r} must be 1-32 of a-z 0-9 _ - and not 'system' (the server's)")
+        return types
+
     def check(self) -> None:
         """Refuse settings that would run an open server; the message says what to set."""
+        try:
+            self.progress_rules(), self.latest_types(), self.chat_message_types()
+        except ValueError as exc:
+            raise SystemExit(f"refusing to start: {exc}") from None
         if self.auth is None:
             self.auth = "jwt" if (self.jwt_secret or self.jwt_public_key) else "dev"
         if self.auth not in ("dev", "jwt"):
@@ -76,6 +110,15 @@ class Settings:
                 "refusing to start: --auth jwt needs TETHER_JWT_SECRET (HS256) or "
                 "TETHER_JWT_PUBLIC_KEY (RS256/ES256)."
             )
+
+
+_TYPE = re.compile(r"^[A-Z][A-Z0-9_]{0,63}$")
+_FIELD = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+_MESSAGE_TYPE = re.compile(r"^[a-z0-9_-]{1,32}$")
+
+
+def _items(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
 
 
 def _convert(annotation: object, raw: str) -> object:

@@ -174,16 +174,19 @@ class Connection:
         elif self._wakeup is not None:
             self._wakeup.set()
 
-    def deliver(self, channel: str, offset: int, text: str) -> None:
+    def deliver(self, channel: str, offset: int, text: str) -> bool:
+        """Queue a channel event; True if it was queued now (not held, not a repeat)."""
         pending = self._pending.get(channel)
         if pending is not None:  # mid-SUBSCRIBE: hold until the ACK has gone out
             if len(pending) >= self._limit:  # held frames count against the same bound as queued ones
                 self._overflow()
-                return
+                return False
             pending.append((offset, text))
         elif offset > self._sent.get(channel, 0):  # a broker filling a gap may hand an event over twice
             self._sent[channel] = offset
             self.send(text)
+            return True
+        return False
 
     def close(self, code: int, reason: str) -> None:
         if self.close_code is None:
@@ -228,6 +231,7 @@ class Connection:
         self.last_seen = time.monotonic()
         if len(raw) > self.node.settings.max_frame_bytes:
             await self.settle()  # every reply leaves in request order, refusals too
+            self.node.metrics.messages_in.labels("invalid").inc()
             self._refuse(protocol.request_id(raw), TetherError(
                 "too_large", f"frame of {len(raw)} bytes exceeds the limit of {self.node.settings.max_frame_bytes}"))
             return
@@ -235,9 +239,12 @@ class Connection:
             frame = protocol.parse(raw)
         except TetherError as exc:
             await self.settle()
+            self.node.metrics.messages_in.labels("invalid").inc()
             self._refuse(protocol.request_id(raw), exc)
             return
-        self.node.metrics.messages_in.labels(frame.type).inc()
+        # Label by known types only: a client choosing types must not grow the metric without bound.
+        known = frame.type in self.node.ops or frame.type in ("PING", "PONG")
+        self.node.metrics.messages_in.labels(frame.type if known else "unknown").inc()
         if frame.type == "PING":
             self.send(protocol.frame("PONG", {"timestamp": frame.data.get("timestamp")}))
             return
@@ -403,8 +410,9 @@ class Connection:
         """Send the live events held during SUBSCRIBE, skipping those up to ``last``
         (the ACK carried them)."""
         self._sent[channel] = max(last, self._sent.get(channel, 0))
-        for offset, text in self._pending.pop(channel, ()):
-            self.deliver(channel, offset, text)
+        sent = sum(self.deliver(channel, offset, text) for offset, text in self._pending.pop(channel, ()))
+        if sent:
+            self.node.metrics.deliveries.inc(sent)
 
     def drop(self, channel: str) -> None:
         """Forget a channel this connection may no longer receive, held events included."""

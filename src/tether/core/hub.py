@@ -18,7 +18,9 @@ class Subscriber(Protocol):
 
     id: str
 
-    def deliver(self, channel: str, offset: int, text: str) -> None: ...
+    def deliver(self, channel: str, offset: int, text: str) -> bool | None:
+        """Take a channel event; truthy when it was queued to a client (a delivery)."""
+        ...
 
     def drop(self, channel: str) -> None: ...
 
@@ -101,6 +103,7 @@ class Hub:
         n = 0
         for conn in tuple(subs):
             if conn.id != exclude:
-                conn.deliver(channel, offset, text)
-                n += 1
-        self.metrics.deliveries.inc(n)
+                if conn.deliver(channel, offset, text):  # held or already sent: not (yet) a delivery
+                    n += 1
+        if n:
+            self.metrics.deliveries.inc(n)

@@ -20,7 +20,10 @@ class Metrics:
         self.messages_in = Counter("tether_messages_in", "Frames received from clients", ["type"], registry=r)
         self.messages_out = Counter("tether_messages_out", "Frames written to clients", registry=r)
         self.deliveries = Counter("tether_deliveries", "Channel events delivered to connections", registry=r)
-        self.publishes = Counter("tether_publishes", "Events published on channels", registry=r)
+        # One per publish a client or backend asked for (PUBLISH, REST channel publish, a pushed user
+        # event); the events features emit themselves (joins, chat, device and lock changes) are not publishes.
+        self.publishes = Counter("tether_publishes", "Publishes asked for by clients and backends", registry=r)
+        self.events = Counter("tether_events", "Events stored and fanned out, every feature's included", registry=r)
         self.publish_latency = Histogram(
             "tether_publish_latency_seconds", "Time to store and fan out one event", buckets=LATENCY_BUCKETS, registry=r
         )

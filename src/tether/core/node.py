@@ -23,6 +23,7 @@ from tether.core.hub import Hub
 from tether.core.idempotency import Idempotency
 from tether.core.metrics import Metrics
 from tether.core.namespaces import Namespace, Namespaces, builtin, load_overrides
+from tether.core.sinks import StreamSinks
 from tether.storage import open_database
 from tether.storage.database import Database
 from tether.wire import protocol
@@ -58,6 +59,8 @@ class Node:
         self.users: dict[str, dict[Connection, None]] = {}  # user id -> its local connections
         # How many connections a user has; a feature that knows the whole cluster replaces it.
         self.count_user_connections: Callable[[str], Awaitable[int]] = self._local_connections
+        # Channel owners' say over streams on their channels (sessions.* -> the chat), see core/sinks.py.
+        self.stream_sinks = StreamSinks()
         self.ops: dict[str, Op] = {}
         self.features = [cls(self) for cls in features]
         self._user_buckets: dict[str, TokenBucket] = {}
@@ -131,7 +134,7 @@ class Node:
         position = await self.broker.publish(
             channel, type, data, history_size=ns.history_size, history_ttl=ns.history_ttl, exclude=exclude
         )
-        self.metrics.publishes.inc()
+        self.metrics.events.inc()
         self.metrics.publish_latency.observe(time.perf_counter() - started)
         return position
 

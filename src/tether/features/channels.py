@@ -54,6 +54,7 @@ class ChannelsFeature(Feature):
             raise bad_request("PUBLISH needs 'data'")
         await self.node.namespaces.may_publish(conn.identity, channel)
         position = await self.node.publish(channel, "PUBLICATION", data["data"])
+        self.node.metrics.publishes.inc()
         return {"channel": channel, "offset": position.offset, "epoch": position.epoch}
 
     def router(self) -> APIRouter:
@@ -69,6 +70,7 @@ class ChannelsFeature(Feature):
 
             async def run() -> dict[str, Any]:
                 position = await node.publish(channel, body.type, body.data)
+                node.metrics.publishes.inc()
                 return {"channel": channel, "offset": position.offset, "epoch": position.epoch}
 
             if idempotency_key:

@@ -14,7 +14,6 @@ import re
 import secrets
 import time
 import zlib
-from datetime import datetime, timezone
 from typing import Annotated, Any, Callable, Literal, Sequence
 
 from fastapi import APIRouter, Header, Path, Query, Request, Response
@@ -45,6 +44,7 @@ from tether.features.document_access import (
 from tether.wire import protocol
 from tether.wire.errors import TetherError, forbidden
 from tether.wire.jsonutil import dumps, loads
+from tether.wire.timestamps import now_iso
 
 COLLECTION_PATTERN = r"^[A-Za-z0-9_\-]{1,64}$"
 ID_PATTERN = r"^[A-Za-z0-9_.@+\-]{1,128}$"
@@ -143,10 +143,6 @@ def check_id(value: Any, field: str = "id") -> str:
     if not isinstance(value, str) or not _ID_RE.match(value):
         raise invalid(field, "must be 1-128 letters, digits or _ . @ + -")
     return value
-
-
-def now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def new_id() -> str:

@@ -2,10 +2,12 @@
 
 Every event goes to ``users.{userId}`` through ``node.publish``. Some are also
 *retained*, so a device that connects later gets the current state right after
-``CONNECTED`` instead of waiting for the next update: every ``SHOOT_PROGRESS``
-per ``shootId`` (until ``retain_ended`` s after it completed or failed), the
-latest ``CREDIT_UPDATE``, and the latest of any other type pushed with
-``retain: true``. The retained store is SQL on the embedded default and Redis
+``CONNECTED`` instead of waiting for the next update: progress events per id
+(until ``retain_ended`` s after they completed or failed: the generic
+``PROGRESS {id, status, done, total}``, the seed's ``SHOOT_PROGRESS`` per
+``shootId``, and any type added with ``--retained-progress``), the latest of each
+``--retained-latest`` type (``CREDIT_UPDATE``), and the latest of any other type
+pushed with ``retain: true``. The retained store is SQL on the embedded default and Redis
 when the node has one (see :class:`RetainedStore`).
 """
 
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter, Header
@@ -78,11 +81,64 @@ def shoot_progress(data: Any) -> dict[str, Any]:
     return out
 
 
-def retention(type: str, data: dict[str, Any], retain: bool, now: float, ended_ttl: float = 5.0) -> tuple[str, float | None] | None:
+def progress(data: Any) -> dict[str, Any]:
+    """Validate a generic ``PROGRESS {id, status?, done, total}`` (other fields pass through)."""
+    if not isinstance(data, dict):
+        raise bad_request("data must be an object {id, status, done, total}")
+    pid = data.get("id")
+    if not isinstance(pid, str) or not 0 < len(pid) <= 256:
+        raise bad_request("'id' must be a non-empty string (up to 256 characters)")
+    for key in ("done", "total"):
+        value = data.get(key)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise bad_request(f"'{key}' must be a non-negative integer")
+    if data["done"] > data["total"]:
+        raise bad_request(f"'done' ({data['done']}) cannot exceed 'total' ({data['total']})")
+    status = data.get("status", "processing")
+    if status not in STATUSES:
+        raise bad_request(f"'status' must be one of {', '.join(STATUSES)}")
+    return {**data, "status": status}
+
+
+def keyed(data: Any, field: str) -> dict[str, Any]:
+    """A configured progress type: an object with a non-empty string id field and, if any, a known status."""
+    if not isinstance(data, dict):
+        raise bad_request(f"data must be an object with '{field}'")
+    if not isinstance(data.get(field), str) or not 0 < len(data[field]) <= 256:
+        raise bad_request(f"'{field}' must be a non-empty string (up to 256 characters)")
+    if "status" in data and data["status"] not in STATUSES:
+        raise bad_request(f"'status' must be one of {', '.join(STATUSES)}")
+    return data
+
+
+@dataclass(frozen=True)
+class RetainRules:
+    """What is retained: progress types (per id, until ended) and latest-only types."""
+
+    progress: dict[str, str]  # event type -> its id field
+    latest: frozenset[str]
+
+    def validate(self, type: str, data: Any) -> Any:
+        """A progress type's payload, checked (and for SHOOT_PROGRESS completed) before it is pushed."""
+        if type == "SHOOT_PROGRESS" and self.progress.get(type) == "shootId":
+            return shoot_progress(data)
+        if type == "PROGRESS" and self.progress.get(type) == "id":
+            return progress(data)
+        if type in self.progress:
+            return keyed(data, self.progress[type])
+        return data
+
+
+DEFAULT_RULES = RetainRules({"SHOOT_PROGRESS": "shootId", "PROGRESS": "id"}, frozenset({"CREDIT_UPDATE"}))
+
+
+def retention(type: str, data: dict[str, Any], retain: bool, now: float, ended_ttl: float = 5.0,
+              rules: RetainRules = DEFAULT_RULES) -> tuple[str, float | None] | None:
     """Whether an event is retained: ``(key, expires_at)``, or None. The key makes "latest per key"."""
-    if type == "SHOOT_PROGRESS":
-        return data["shootId"], (now + ended_ttl if data["status"] in ENDED else None)
-    if type == "CREDIT_UPDATE" or retain:
+    field = rules.progress.get(type)
+    if field is not None:
+        return data[field], (now + ended_ttl if data.get("status") in ENDED else None)
+    if type in rules.latest or retain:
         return "", None
     return None
 
@@ -174,6 +230,8 @@ class EventsFeature(Feature):
     store: SqlRetainedStore | RedisRetainedStore
 
     async def start(self) -> None:
+        s = self.node.settings
+        self.rules = RetainRules(s.progress_rules(), s.latest_types())
         redis = self.node.redis
         self.store = (RedisRetainedStore(redis, self.node.settings.redis_prefix + "retained")
                       if redis is not None else SqlRetainedStore(self.node.db))
@@ -188,14 +246,22 @@ class EventsFeature(Feature):
                 conn.send(protocol.frame(type, data, retained=True))
 
     async def update_progress(self, conn: "Connection", data: dict[str, Any]) -> Any:
+        """The seed's ``{shootId, …}`` becomes ``SHOOT_PROGRESS``; the generic ``{id, done, total, status?}``
+        (no ``shootId``) becomes ``PROGRESS``."""
+        if "shootId" not in data and "id" in data:
+            generic = progress({k: v for k, v in data.items() if k not in ("idempotency_key", "channel")})
+            position = await self.push(conn.user_id, "PROGRESS", generic, exclude=conn.id)
+            self.node.metrics.publishes.inc()
+            return {"id": generic["id"], "status": generic["status"], "offset": position.offset}
         payload = shoot_progress(data)
         position = await self.push(conn.user_id, "SHOOT_PROGRESS", payload, exclude=conn.id)
+        self.node.metrics.publishes.inc()
         return {"shootId": payload["shootId"], "progress": payload["progress"], "offset": position.offset}
 
     async def push(self, user: str, type: str, data: dict[str, Any], *, retain: bool = False, exclude: str | None = None) -> Any:
         """Retain (first, so a device connecting meanwhile misses nothing), then publish to the user."""
         now = time.time()
-        rule = retention(type, data, retain, now, self.node.settings.retain_ended)
+        rule = retention(type, data, retain, now, self.node.settings.retain_ended, self.rules)
         rerun_on_failure()  # the retained state is an upsert: a retry after a failed publish redoes both
         if rule is not None:
             await self.store.put(user, type, rule[0], data, rule[1], now)
@@ -215,13 +281,14 @@ class EventsFeature(Feature):
             if not valid_id(user_id):
                 raise bad_request("user_id: letters, digits and _ . @ + - only (up to 128)")
             etype = event_type(body.type)
-            data = shoot_progress(body.data) if etype == "SHOOT_PROGRESS" else body.data
+            data = self.rules.validate(etype, body.data)
             size = len(dumps(data))
             if size > node.settings.max_frame_bytes:
                 raise TetherError("too_large", f"data is {size} bytes, over the {node.settings.max_frame_bytes}-byte limit")
 
             async def run() -> dict[str, Any]:
                 position = await self.push(user_id, etype, data, retain=body.retain)
+                node.metrics.publishes.inc()
                 return {"delivered": await self.connections(user_id), "offset": position.offset}
 
             if idempotency_key:

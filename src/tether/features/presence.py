@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from fastapi import APIRouter
+from fastapi import APIRouter, Body
 from pydantic import BaseModel, Field
 
 from tether.core import namespaces
@@ -263,7 +263,8 @@ def key_of(channel: str) -> str:
 
 
 class Heartbeat(BaseModel):
-    user_id: str = Field(..., pattern=USER_ID, description="must be the caller's own user, unless X-API-Key")
+    user_id: str | None = Field(None, pattern=USER_ID,
+                                description="the caller when absent; another user only with X-API-Key")
     state: Any = Field(None, description="optional JSON state; a change is published as PRESENCE_UPDATED")
 
 
@@ -400,11 +401,17 @@ class PresenceFeature(Feature):
                 raise forbidden("user_id must be your own user (only the server API key may act for others)")
 
         @router.post("/presence/{key}")
-        async def heartbeat(key: str, body: Heartbeat, who: Caller) -> dict[str, Any]:
-            """Heartbeat: the user stays present for the presence TTL. Answers `{}`."""
-            await check(who, key, body.user_id)
+        async def heartbeat(key: str, who: Caller, body: Heartbeat | None = Body(None)) -> dict[str, Any]:
+            """Heartbeat: the user stays present for the presence TTL. Body `{"user_id"}`, `{}` or none
+            (the caller). Answers `{}`."""
+            body = body or Heartbeat()
+            if body.user_id is None and who.is_server:
+                raise TetherError("bad_request", "user_id: required with the API key (whose presence is it?)",
+                                  status=422, field="user_id")
+            user = body.user_id or who.user_id
+            await check(who, key, user)
             state = encode_state(body.state) if "state" in body.model_fields_set else None
-            await self.join(key, body.user_id, "rest:" + source_device(who), state)
+            await self.join(key, user, "rest:" + source_device(who), state)
             return {}
 
         @router.get("/presence/{key}")

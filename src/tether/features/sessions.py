@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import uuid
 import zlib
-from datetime import datetime, timezone
 from typing import Annotated, Any, Literal, TypeVar
 
 from fastapi import APIRouter, Header, Query
@@ -29,6 +28,7 @@ from pydantic import (
     Field,
     StringConstraints,
     ValidationError,
+    create_model,
     field_validator,
 )
 
@@ -40,6 +40,7 @@ from tether.core.rest import Caller, NodeDep
 from tether.storage.database import Queries, Row
 from tether.wire.errors import TetherError, forbidden, not_found
 from tether.wire.jsonutil import dumps, loads
+from tether.wire.timestamps import precise_now, wire
 
 SCHEMA = [
     """CREATE TABLE IF NOT EXISTS sessions (
@@ -91,6 +92,13 @@ SCHEMA = [
         created_at TEXT NOT NULL,
         PRIMARY KEY (session_id, seq)
     )""",
+    # The message a stream became: its primary key is what makes a stream stored once.
+    """CREATE TABLE IF NOT EXISTS session_stream_messages (
+        stream_id TEXT PRIMARY KEY,
+        session_id TEXT NOT NULL,
+        seq BIGINT NOT NULL
+    )""",
+    "CREATE INDEX IF NOT EXISTS session_stream_messages_seq ON session_stream_messages (session_id, seq)",
 ]
 
 Title = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
@@ -150,10 +158,13 @@ class InviteIn(BaseModel):
     user_id: str
 
 
+MAX_MESSAGE = 4000
+
+
 class MessageIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    message: Annotated[str, StringConstraints(min_length=1, max_length=4000)]
-    message_type: Literal["text", "prayer", "scripture"] = "text"
+    message: Annotated[str, StringConstraints(min_length=1, max_length=MAX_MESSAGE)]
+    message_type: Literal["text", "prayer", "scripture"] = "text"  # the default types; see message_model
     user_id: str | None = None
 
     @field_validator("message")
@@ -162,6 +173,14 @@ class MessageIn(BaseModel):
         if not v.strip():
             raise ValueError("must not be blank")
         return v
+
+
+def message_model(types: tuple[str, ...]) -> type[MessageIn]:
+    """MessageIn for the configured chat message types (``--message-types``); the default is
+    ``text`` when configured, else the first type."""
+    default = "text" if "text" in types else types[0]
+    return create_model("MessageIn", __base__=MessageIn,  # type: ignore[no-any-return, call-overload]
+                        message_type=(Literal[types], Field(default, description="one of: " + ", ".join(types))))
 
 
 class ListQuery(BaseModel):
@@ -194,8 +213,8 @@ def validate(model: type[M], data: dict[str, Any]) -> M:
 
 
 def now() -> str:
-    """UTC ISO-8601 with microseconds: sorts as text in time order."""
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    """Stored with microseconds, so rows sort finely as text; sent with milliseconds (``wire``)."""
+    return precise_now()
 
 
 def conflict(message: str, **extra: Any) -> TetherError:
@@ -214,9 +233,9 @@ def session_out(row: Row) -> dict[str, Any]:
         "is_private": bool(row["is_private"]),
         "host_id": row["host_id"],
         "is_active": bool(row["is_active"]),
-        "created_at": row["created_at"],
-        "updated_at": row["updated_at"],
-        "ended_at": row["ended_at"],
+        "created_at": wire(row["created_at"]),
+        "updated_at": wire(row["updated_at"]),
+        "ended_at": wire(row["ended_at"]),
         "version": int(row["version"]),
     }
 
@@ -226,14 +245,14 @@ def participant_out(row: Row, host_id: str) -> dict[str, Any]:
         "user_id": row["user_id"],
         "user_name": row["user_name"],
         "is_host": row["user_id"] == host_id,
-        "joined_at": row["joined_at"],
-        "left_at": row["left_at"],
+        "joined_at": wire(row["joined_at"]),
+        "left_at": wire(row["left_at"]),
     }
 
 
 def message_out(row: Row) -> dict[str, Any]:
-    return {k: row[k] for k in ("id", "session_id", "user_id", "user_name", "message", "message_type", "created_at")} | {
-        "seq": int(row["seq"])
+    return {k: row[k] for k in ("id", "session_id", "user_id", "user_name", "message", "message_type")} | {
+        "seq": int(row["seq"]), "created_at": wire(row["created_at"]), "stream_id": row.get("stream_id"),
     }
 
 
@@ -288,15 +307,19 @@ class Sessions:
     async def _system(self, q: Queries, sid: str, text: str) -> dict[str, Any]:
         return await self._insert_message(q, sid, None, "System", text, "system")
 
-    async def _insert_message(self, q: Queries, sid: str, user: str | None, name: str, text: str, kind: str) -> dict[str, Any]:
+    async def _insert_message(self, q: Queries, sid: str, user: str | None, name: str, text: str, kind: str,
+                              stream_id: str | None = None) -> dict[str, Any]:
         row = await q.fetchone("UPDATE sessions SET message_seq = message_seq + 1 WHERE id = ? RETURNING message_seq", sid)
         assert row is not None
         msg = {"id": str(uuid.uuid4()), "session_id": sid, "seq": int(row["message_seq"]), "user_id": user,
-               "user_name": name, "message": text, "message_type": kind, "created_at": now()}
+               "user_name": name, "message": text, "message_type": kind, "created_at": now(), "stream_id": stream_id}
         await q.execute(
             """INSERT INTO session_messages (session_id, seq, id, user_id, user_name, message, message_type, created_at)
                VALUES (?, ?, ?, ?, ?, ?, ?, ?)""",
             sid, msg["seq"], msg["id"], user, name, text, kind, msg["created_at"])
+        if stream_id is not None:
+            await q.execute("INSERT INTO session_stream_messages (stream_id, session_id, seq) VALUES (?, ?, ?)",
+                            stream_id, sid, msg["seq"])
         return message_out(msg)
 
     async def _publish_session(self, type: str, session: dict[str, Any], *, browse: bool = True) -> None:
@@ -573,21 +596,56 @@ class Sessions:
             await self.node.publish(f"sessions.{sid}", "MESSAGE_CREATED", message)
         return message
 
+    async def stream_author(self, who: Identity, sid: str, user_id: str | None) -> tuple[str, str]:
+        """Who a stream into the chat is from: a present participant (or a backend with the API key,
+        for a participant or, naming nobody, as the server itself): ``(user_id, user_name)``."""
+        user = self.actor(who, user_id)
+        acc = await self._access(self.node.db, who, sid, user)
+        if not acc.session["is_active"]:
+            raise conflict("this session has ended")
+        if who.is_server and user_id is None:
+            return user, "Server"
+        if not acc.present:
+            raise forbidden("only participants stream into this session: join it first")
+        return user, acc.part["user_name"]  # type: ignore[index]
+
+    async def post_stream(self, who: Identity, sid: str, stream_id: str, text: str, meta: dict[str, Any]) -> dict[str, Any]:
+        """A finished stream as one chat message (once per stream: a repeat returns the stored one)."""
+        async with self._lock(sid):
+            async with self.node.db.transaction() as tx:
+                done = await tx.fetchone(
+                    """SELECT m.*, x.stream_id FROM session_stream_messages x JOIN session_messages m
+                       ON m.session_id = x.session_id AND m.seq = x.seq WHERE x.stream_id = ?""", stream_id)
+                if done is not None:
+                    return message_out(done)
+                author = meta["user_id"]
+                acc = await self._access(tx, who, sid, author)
+                if not acc.session["is_active"]:
+                    raise conflict("this session has ended")
+                if not (acc.present or (who.is_server and author == who.user_id)):
+                    raise forbidden("only participants post in this session: the stream's writer left it")
+                message = await self._insert_message(tx, sid, author, meta["user_name"], text, meta["message_type"],
+                                                     stream_id)
+            await self.node.publish(f"sessions.{sid}", "MESSAGE_CREATED", message)
+        return message
+
     async def messages(self, who: Identity, sid: str, query: MessagesQuery) -> dict[str, Any]:
         """A page of messages, oldest first, by ``seq`` cursor: newest page, ``before`` (older) or ``after`` (newer)."""
         acc = await self._access(self.node.db, who, sid)
         if not acc.reader:
             raise forbidden("only participants read this session's chat: join it first")
-        where, args = ["session_id = ?"], [sid]
+        where, args = ["m.session_id = ?"], [sid]
         if query.after is not None:
-            where.append("seq > ?")
+            where.append("m.seq > ?")
             args.append(query.after)
         if query.before is not None:
-            where.append("seq < ?")
+            where.append("m.seq < ?")
             args.append(query.before)
         order = "ASC" if query.after is not None else "DESC"
         rows = await self.node.db.fetchall(
-            f"SELECT * FROM session_messages WHERE {' AND '.join(where)} ORDER BY seq {order} LIMIT ?",
+            f"""SELECT m.*, x.stream_id FROM session_messages m
+                LEFT JOIN session_stream_messages x ON x.session_id = m.session_id AND x.seq = m.seq
+                WHERE {' AND '.join(where)} ORDER BY m.seq {order} LIMIT ?""",
             *args, query.limit + 1)
         more = len(rows) > query.limit
         rows = rows[: query.limit]
@@ -610,12 +668,52 @@ def _sid(data: dict[str, Any]) -> str:
     return sid
 
 
+class ChatStreams:
+    """The sink of ``sessions.{id}`` streams (see tether.core.sinks): participants (or the API key)
+    stream a message into the chat; the finished text is stored once as a chat message."""
+
+    max_chars = MAX_MESSAGE
+
+    def __init__(self, domain: Sessions, types: tuple[str, ...]) -> None:
+        self.domain, self.types = domain, types
+        self.default = "text" if "text" in types else types[0]
+
+    async def accept(self, who: Identity, channel: str, meta: dict[str, Any]) -> dict[str, Any]:
+        extra = set(meta) - {"message_type", "user_id"}
+        if extra:
+            raise TetherError("bad_request", f"data.{sorted(extra)[0]}: not a field of a chat stream "
+                              "(message_type, user_id)", status=422, field=f"data.{sorted(extra)[0]}")
+        kind = meta.get("message_type", self.default)
+        if kind not in self.types:
+            raise TetherError("bad_request", f"data.message_type: must be one of {', '.join(self.types)}",
+                              status=422, field="data.message_type")
+        user_id = meta.get("user_id")
+        if user_id is not None and not isinstance(user_id, str):
+            raise TetherError("bad_request", "data.user_id: a user id string", status=422, field="data.user_id")
+        user, name = await self.domain.stream_author(who, channel.split(".", 1)[1], user_id)
+        return {"message_type": kind, "user_id": user, "user_name": name}
+
+    def check(self, content: str) -> None:
+        if not content.strip():
+            raise TetherError("bad_request", "content: a stream into a chat must end with text (it is blank)",
+                              status=422, field="content")
+        if len(content) > self.max_chars:
+            raise TetherError("too_large", f"content: a chat message holds at most {self.max_chars} characters",
+                              field="content")
+
+    async def store(self, who: Identity, channel: str, stream_id: str, content: str, meta: dict[str, Any]) -> Any:
+        return await self.domain.post_stream(who, channel.split(".", 1)[1], stream_id, content, meta)
+
+
 class SessionsFeature(Feature):
     name = "sessions"
 
     def __init__(self, node: Any) -> None:
         super().__init__(node)
         self.domain = Sessions(node)
+        types = node.settings.chat_message_types()
+        self.message_in = message_model(types)
+        node.stream_sinks.register("sessions.*", ChatStreams(self.domain, types))
 
     async def start(self) -> None:
         await self.node.db.migrate(SCHEMA)
@@ -651,7 +749,7 @@ class SessionsFeature(Feature):
             "SESSION_LEAVE": op(d.leave, LeaveIn),
             "SESSION_INVITE": op(d.invite, InviteIn),
             "SESSION_PARTICIPANTS": op(d.participants),
-            "SESSION_MESSAGE": op(d.post, MessageIn),
+            "SESSION_MESSAGE": op(d.post, self.message_in),
             "SESSION_MESSAGES": op(d.messages, MessagesQuery),
         }
 
@@ -711,10 +809,12 @@ class SessionsFeature(Feature):
         async def participants(session_id: str, who: Caller) -> dict[str, Any]:
             return await d.participants(who, session_id)
 
-        @router.post("/{session_id}/messages", status_code=201)
         async def post(session_id: str, body: MessageIn, node: NodeDep, who: Caller,
                        idempotency_key: str | None = Header(None)) -> dict[str, Any]:
             return await once(node, who, idempotency_key, lambda: d.post(who, session_id, body))  # type: ignore[no-any-return]
+
+        post.__annotations__["body"] = self.message_in  # this node's message types, in validation and OpenAPI
+        router.post("/{session_id}/messages", status_code=201)(post)
 
         @router.get("/{session_id}/messages")
         async def messages(session_id: str, who: Caller, before: int | None = Query(None), after: int | None = Query(None),

@@ -20,6 +20,9 @@ and ``STREAM_ENDED {stream_id, status, content}`` as ordinary channel events.
 - A stream with no delta for ``--stream-timeout`` s is closed by whichever
   node notices first (a conditional UPDATE decides) as ``abandoned``, with its
   content so far.
+- A channel whose owner registered a sink (``node.stream_sinks``, e.g. a live
+  session's chat) decides who may stream there and keeps the finished text
+  (once: the conditional end decides before the sink stores it).
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from tether.core.auth import valid_id
 from tether.core.connection import Op, holding_user_channel
 from tether.core.node import Feature
 from tether.core.rest import Caller, NodeDep
+from tether.core.sinks import StreamSink
 from tether.wire import protocol
 from tether.wire.errors import TetherError, bad_request, forbidden, not_found
 from tether.wire.jsonutil import dumps, loads
@@ -75,6 +79,9 @@ class Live:
     pending: int = 0
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     flusher: asyncio.Task[None] | None = None
+    sink: StreamSink | None = None  # the channel owner's, which keeps the finished text
+    meta: dict[str, Any] = field(default_factory=dict)
+    limit: int = MAX_CHARS
 
 
 class StreamsFeature(Feature):
@@ -104,7 +111,11 @@ class StreamsFeature(Feature):
         stream_id = data.get("stream_id") or secrets.token_hex(8)
         if not isinstance(stream_id, str) or not valid_id(stream_id):
             raise bad_request("'stream_id' must be 1-128 letters, digits and _ . @ + -")
-        await self.node.namespaces.may_publish(conn.identity, channel)
+        sink = self.node.stream_sinks.find(channel)
+        if sink is not None:  # the channel's owner decides who may stream there (and normalizes the metadata)
+            meta = await sink.accept(conn.identity, channel, meta)
+        else:
+            await self.node.namespaces.may_publish(conn.identity, channel)
         mine = conn.state.setdefault("streams", set())
         mine.intersection_update(self.live)
         if len(mine) >= MAX_PER_CONNECTION:
@@ -116,7 +127,8 @@ class StreamsFeature(Feature):
             stream_id, channel, conn.user_id, conn.device_id, dumps(meta), now, now)
         if not inserted:
             raise TetherError("conflict", f"stream {stream_id!r} already exists")
-        self.live[stream_id] = Live(stream_id, channel, conn.user_id, conn.id)
+        self.live[stream_id] = Live(stream_id, channel, conn.user_id, conn.id, sink=sink, meta=meta,
+                                    limit=min(MAX_CHARS, sink.max_chars) if sink else MAX_CHARS)
         mine.add(stream_id)
         position = await self.node.publish(channel, "STREAM_STARTED", {
             "stream_id": stream_id, "userId": conn.user_id, "deviceId": conn.device_id, "data": meta,
@@ -145,8 +157,9 @@ class StreamsFeature(Feature):
         text = data.get("delta")
         if not isinstance(text, str):
             raise bad_request("'delta' must be a string (the text to append)")
-        if live.length + live.pending + len(text) > MAX_CHARS:
-            raise TetherError("too_large", f"a stream holds at most {MAX_CHARS} characters")
+        if live.length + live.pending + len(text) > live.limit:
+            raise TetherError("too_large", f"a stream on {live.channel} holds at most {live.limit} characters: "
+                                           "end it (what was sent so far stays)")
         if text:
             live.buffer.append(text)
             live.pending += len(text)
@@ -184,8 +197,9 @@ class StreamsFeature(Feature):
     async def end(self, conn: "Connection", data: dict[str, Any]) -> Any:
         live = await self._writable(conn, data)
         final = data.get("content")
-        if final is not None and (not isinstance(final, str) or len(final) > MAX_CHARS):
-            raise bad_request(f"'content' must be the final text (a string of at most {MAX_CHARS} characters)")
+        if final is not None and (not isinstance(final, str) or len(final) > live.limit):
+            raise TetherError("too_large" if isinstance(final, str) else "bad_request",
+                              f"'content' must be the final text (a string of at most {live.limit} characters)")
         async with live.lock:
             if live.flusher is not None:
                 live.flusher.cancel()
@@ -193,6 +207,8 @@ class StreamsFeature(Feature):
             if final is None:  # publish the tail, so a reader that only appends deltas ends complete too
                 await self._flush(live)
                 final = "".join(live.chunks)
+            if live.sink is not None:
+                live.sink.check(final)  # refused: the stream stays open for a valid end
             live.buffer.clear()
             self.live.pop(live.stream_id, None)
             now = time.time()
@@ -202,7 +218,10 @@ class StreamsFeature(Feature):
             if not changed:
                 raise TetherError("conflict", f"stream {live.stream_id!r} was closed as abandoned")
             position = await self._ended(live.channel, live.stream_id, "completed", final, exclude=conn.id)
-        return {"stream_id": live.stream_id, "status": "completed", "length": len(final), "offset": position.offset}
+            answer = {"stream_id": live.stream_id, "status": "completed", "length": len(final), "offset": position.offset}
+            if live.sink is not None:  # ended above, once; now its owner keeps it (e.g. as a chat message)
+                answer["stored"] = await live.sink.store(conn.identity, live.channel, live.stream_id, final, live.meta)
+        return answer
 
     async def _ended(self, channel: str, stream_id: str, status: str, content: str, exclude: str | None = None) -> Any:
         return await self.node.publish(channel, "STREAM_ENDED", {
