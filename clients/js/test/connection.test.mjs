@@ -94,9 +94,11 @@ test("sessions: create, join, chat through the outbox with history paging, strea
   assert.deepEqual((await guest.sessions.participants(s.id)).map((p) => p.user_id).sort(), ["nina", "omar"]);
 
   // Streams: the guest sees the text grow; a late watcher gets the text so far.
-  const streamChannel = `public.stream-${s.id}`; // sessions.{id} once the server streams into sessions
+  const streamChannel = `sessions.${s.id}`;
   let guestText = "";
   await guest.streams.watch(streamChannel, (views) => (guestText = views[0]?.content ?? ""));
+  let hostText = ""; // the writer's own connection is not echoed: its tabs still see the text grow
+  await host.streams.watch(streamChannel, (views) => (hostText = views[0]?.content ?? ""));
   const stream = await host.streams.start(streamChannel, { message_type: "text" });
   await stream.append("Hello, ");
   await until(() => guestText === "Hello, ", "the first delta");
@@ -107,7 +109,9 @@ test("sessions: create, join, chat through the outbox with history paging, strea
   await until(() => lateText === "Hello, ", "the late watcher's text so far");
   await stream.append("world");
   await stream.end();
-  await until(() => guestText === "Hello, world" && lateText === "Hello, world", "the whole text");
+  await until(() => guestText === "Hello, world" && lateText === "Hello, world" && hostText === "Hello, world", "the whole text");
+  // Stored once, as a chat message that names its stream.
+  await until(async () => (await guest.sessions.messages(s.id, { limit: 50 })).messages.some((m) => m.message === "Hello, world" && m.stream_id === stream.id), "the stored message");
   await until(() => events.includes("MESSAGE_CREATED") && events.includes("MESSAGE_CREATED"), "session events");
   await host.sessions.end(s.id);
 });
