@@ -71,6 +71,12 @@ class Broker(ABC):
         """The channel's position and, when ``after`` is given, the stored events past it
         (none older than ``history_ttl`` seconds)."""
 
+    @abstractmethod
+    async def reset(self, channel: str) -> Position:
+        """Start a new epoch of ``channel`` and drop its history (offsets go on, never reused):
+        a resource re-created under the same name must not hand its predecessor's events to
+        whoever owns it now. A position from before answers ``recovered: false``."""
+
     async def subscribe(self, channel: str) -> None:
         """This node has its first local subscriber on ``channel``."""
 

@@ -15,7 +15,7 @@ import time
 from typing import Any, Sequence
 
 from tether.broker.base import Broker, Deliver, Position, Stream
-from tether.storage.database import Database, Rider, rider
+from tether.storage.database import Database, Rider, rider, riding
 from tether.wire import protocol
 from tether.wire.errors import TetherError
 
@@ -135,6 +135,26 @@ class ChannelLog:
         return Stream(position, events, complete)
 
 
+    async def reset(self, channel: str) -> Position:
+        token = riding.set(None)  # no request's idempotency record commits with this: it is no write of theirs
+        try:
+            return await self._reset(channel)
+        finally:
+            riding.reset(token)
+
+    async def _reset(self, channel: str) -> Position:
+        async with self.db.transaction() as tx:
+            row = await tx.fetchone(
+                """INSERT INTO channel_positions (channel, top_offset, epoch) VALUES (?, 0, ?)
+                   ON CONFLICT (channel) DO UPDATE SET epoch = excluded.epoch
+                   RETURNING top_offset, epoch""",
+                channel, secrets.token_hex(4),
+            )
+            await tx.execute("DELETE FROM channel_history WHERE channel = ?", channel)
+        assert row is not None
+        return Position(int(row["top_offset"]), str(row["epoch"]))
+
+
 class MemoryBroker(Broker):
     """Publishes are group-committed: those that arrive while a transaction is
     in flight wait and go together in the next one. One flusher at a time
@@ -210,6 +230,9 @@ class MemoryBroker(Broker):
 
     async def read(self, channel: str, after: int | None, *, history_ttl: float | None = None, limit: int = 10_000) -> Stream:
         return await self.log.read(channel, after, limit, history_ttl)
+
+    async def reset(self, channel: str) -> Position:
+        return await self.log.reset(channel)
 
     async def healthy(self) -> bool:
         return await self.log.db.healthy()

@@ -95,6 +95,15 @@ return result
 """
 
 
+_RESET = """
+redis.call('HINCRBY', KEYS[1], 'top', 0)
+redis.call('HSET', KEYS[1], 'epoch', ARGV[1])
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+redis.call('DEL', KEYS[2])
+return {redis.call('HGET', KEYS[1], 'top'), ARGV[1]}
+"""
+
+
 def _unavailable(exc: BaseException) -> TetherError:
     return TetherError("unavailable", f"the broker (Redis) is unreachable ({type(exc).__name__}); retry shortly")
 
@@ -105,6 +114,7 @@ class RedisBroker(Broker):
         self.prefix = prefix
         self._publish = client.register_script(_PUBLISH)
         self._read = client.register_script(_READ)
+        self._reset = client.register_script(_RESET)
         self._deliver: Deliver | None = None
         self._channels: dict[str, None] = {}  # channels this node listens to
         self._last: dict[str, tuple[int, str]] = {}  # channel -> (last delivered offset, epoch)
@@ -223,6 +233,16 @@ class RedisBroker(Broker):
             events.append((int(_text(raw[i]).split("-", 1)[0]), _text(raw[i + 2])))
         complete = len(events) == position.offset - after and bool(events) and events[0][0] == after + 1
         return Stream(position, events, complete)
+
+    async def reset(self, channel: str) -> Position:
+        try:
+            top, epoch = await self._reset(keys=self._keys(channel), args=[secrets.token_hex(4), META_TTL_MS])
+        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            raise _unavailable(exc) from exc
+        position = Position(int(top), _text(epoch))
+        if channel in self._last:  # this node's feed continues in the new epoch (others resync)
+            self._last[channel] = (position.offset, position.epoch)
+        return position
 
     # -- node-level pub/sub -------------------------------------------------------
 

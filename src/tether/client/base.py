@@ -15,13 +15,14 @@ import contextlib
 import inspect
 import logging
 import time
+from datetime import datetime
 from typing import Any, Awaitable, Callable, Literal
 
 import httpx
 
 from tether.client.backoff import Backoff, Pacer
 from tether.client.errors import ClientError, Disconnected, Failed, ServerError
-from tether.client.link import CLOSE_UNAUTHORIZED, Link
+from tether.client.link import CLOSE_TOKEN_EXPIRED, CLOSE_UNAUTHORIZED, Link
 from tether.client.outbox import Entry, Outbox, open_db
 from tether.client.store import Store
 
@@ -39,6 +40,16 @@ async def _call(fn: Callable[..., Any], *args: Any) -> Any:
     if inspect.isawaitable(result):
         result = await result
     return result
+
+
+def _unix(stamp: Any) -> float | None:
+    """An RFC 3339 timestamp from the server as Unix seconds (``None`` stays ``None``)."""
+    if not isinstance(stamp, str):
+        return None
+    try:
+        return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
 
 
 def _key(kind: str, target: str) -> str:
@@ -275,13 +286,17 @@ class BaseClient:
                 self._online.set()
                 self._settled.set()
                 self._kick.set()
-                await link.wait_closed()
+                refresher = asyncio.create_task(self._keep_token_fresh(link))
+                try:
+                    await link.wait_closed()
+                finally:
+                    refresher.cancel()
             self._online.clear()
             self._link = None
             if self._closing:
                 return
             self._node += 1
-            if link.close_code == CLOSE_UNAUTHORIZED and not await self._reauth():
+            if link.close_code in (CLOSE_UNAUTHORIZED, CLOSE_TOKEN_EXPIRED) and not await self._reauth():
                 self._fail(ServerError("unauthorized", link.close_reason, 401))
                 return
             self._set_state("reconnecting")
@@ -303,6 +318,32 @@ class BaseClient:
         for fut in self._writes.values():
             if not fut.done():
                 fut.set_exception(Failed(str(exc)))
+
+    async def _keep_token_fresh(self, link: Link) -> None:
+        """Before the token expires (``expiresAt`` in CONNECTED), get a new one from
+        ``token_refresh`` and hand it over with ``REFRESH``: the connection stays open.
+        If this fails the server closes with 4003 when the token expires, and the client
+        reconnects with a fresh token."""
+        if self.token_refresh is None:
+            return
+        expires = _unix(link.hello.get("expiresAt"))
+        server_time = link.hello.get("serverTime")
+        skew = server_time / 1000 - time.time() if isinstance(server_time, (int, float)) else 0.0
+        while expires is not None and not link.closed:
+            remaining = expires - (time.time() + skew)
+            # 80 % into what is left, but never later than a minute before it expires.
+            await asyncio.sleep(max(0.0, remaining - min(60.0, remaining / 5)))
+            try:
+                token = await _call(self.token_refresh)
+                ack = await link.request("REFRESH", {"token": token}, timeout=self.request_timeout)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("token refresh before expiry failed: %s", exc)
+                await asyncio.sleep(max(0.05, min(5.0, (expires - time.time() - skew) / 4)))
+                continue
+            self.token = token
+            expires = _unix(ack.get("expiresAt"))
 
     async def _reauth(self) -> bool:
         if self.token_refresh is None:

@@ -21,6 +21,7 @@ from tether.client.errors import Disconnected, ServerError
 from tether.wire.jsonutil import dumps, loads
 
 CLOSE_UNAUTHORIZED = 4001
+CLOSE_TOKEN_EXPIRED = 4003  # the token's exp passed while connected: reconnect with a fresh one
 OnFrame = Callable[[dict[str, Any]], None]
 OnAck = Callable[[dict[str, Any]], None]
 

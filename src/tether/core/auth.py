@@ -15,6 +15,11 @@ from tether.wire.errors import TetherError
 
 _ID = re.compile(r"^[A-Za-z0-9_.@+\-]{1,128}$")
 SERVER_USER = "server"
+#: User ids no token may carry: the API key's identity is "server", and a token naming it
+#: would otherwise share its records, channels and documents (compared case-insensitively).
+RESERVED_USERS = frozenset({SERVER_USER})
+#: Shortest HS256 secret accepted at start (RFC 7518 §3.2: a key of at least the hash size).
+MIN_HS256_SECRET = 32
 
 
 @dataclass(frozen=True)
@@ -23,6 +28,12 @@ class Identity:
     device_id: str = "default"
     roles: frozenset[str] = field(default_factory=frozenset)
     is_server: bool = False  # holds the API key: may act for any user
+    expires_at: float | None = None  # the token's exp (Unix seconds); None: no expiry (dev token, API key)
+
+    @property
+    def kind(self) -> str:
+        """``api`` for the API key, ``user`` for a token: never equal, whatever the user id."""
+        return "api" if self.is_server else "user"
 
     @property
     def is_admin(self) -> bool:
@@ -60,6 +71,7 @@ class Authenticator:
                     "unauthorized",
                     "dev token must be 'userId' or 'userId:deviceId' (letters, digits, _ . @ + -, up to 128)",
                 )
+            _not_reserved(user)
             return Identity(user, device)
         try:
             claims = jwt.decode(
@@ -72,10 +84,13 @@ class Authenticator:
         user, device = str(claims["sub"]), str(claims.get("device_id") or "default")
         if not valid_id(user) or not valid_id(device):
             raise TetherError("unauthorized", "token 'sub' or 'device_id' has characters outside A-Z a-z 0-9 _ . @ + -")
+        _not_reserved(user)
         roles = claims.get("roles") or []
         if not isinstance(roles, list):
             raise TetherError("unauthorized", "token 'roles' must be a list")
-        return Identity(user, device, frozenset(map(str, roles)))
+        exp = claims["exp"]
+        expires_at = float(exp) if isinstance(exp, (int, float)) and not isinstance(exp, bool) else None
+        return Identity(user, device, frozenset(map(str, roles)), expires_at=expires_at)
 
     def api(self, key: str) -> Identity:
         if not self.api_key:
@@ -94,6 +109,11 @@ class Authenticator:
                 raise TetherError("unauthorized", "Authorization header must be 'Bearer <token>'")
             token = value.strip()
         return self.token(token)
+
+
+def _not_reserved(user: str) -> None:
+    if user.lower() in RESERVED_USERS:
+        raise TetherError("unauthorized", f"user id {user!r} is reserved for the server API key; no token may use it")
 
 
 def mint(secret: str, user: str, *, device: str | None = None, ttl: int = 3600, roles: list[str] = (), algorithm: str = "HS256") -> str:  # type: ignore[assignment]

@@ -110,6 +110,11 @@ class Settings:
                 "refusing to start: --auth jwt needs TETHER_JWT_SECRET (HS256) or "
                 "TETHER_JWT_PUBLIC_KEY (RS256/ES256)."
             )
+        if self.auth == "jwt" and self.jwt_secret and not self.jwt_public_key and len(self.jwt_secret.encode()) < 32:
+            raise SystemExit(
+                f"refusing to start: TETHER_JWT_SECRET is {len(self.jwt_secret.encode())} bytes; HS256 needs at least 32 "
+                "(make one with: python -c \"import secrets; print(secrets.token_urlsafe(48))\")."
+            )
 
 
 _TYPE = re.compile(r"^[A-Z][A-Z0-9_]{0,63}$")

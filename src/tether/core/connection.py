@@ -18,6 +18,7 @@ from collections import deque
 from typing import Any, AsyncIterator, Awaitable, Callable, Protocol
 
 from tether.broker.base import Broker
+from tether.core import idempotency
 from tether.core.auth import Identity
 from tether.core.config import Settings
 from tether.core.hub import Hub
@@ -50,6 +51,10 @@ class Host(Protocol):
 
 ABUSE_ERRORS = 20  # this many refused frames …
 ABUSE_WINDOW = 10.0  # … within this many seconds close the connection
+
+# Requests never answered from an idempotency record: SUBSCRIBE is no write (its answer, a live
+# recovery, must not be replayed) and REFRESH changes only this connection.
+UNRECORDED = frozenset({"SUBSCRIBE", "REFRESH"})
 
 # Requests a connection may have in flight at once; all others are handled one at a time.
 PIPELINED = frozenset({"PUBLISH"})
@@ -314,12 +319,10 @@ class Connection:
             if frame.channel is not None and "channel" not in data:
                 data = {**data, "channel": frame.channel}
             key = data.get("idempotency_key")
-            # SUBSCRIBE is no write (repeating it is harmless) and its answer, a live recovery
-            # that releases held events, must never be replayed from a stored record.
-            if key is not None and frame.type != "SUBSCRIBE":
-                # Scoped per request type: a key reused for another kind of write is a new write.
+            if key is not None and frame.type not in UNRECORDED:
+                # Scoped per caller kind, request type and resource: a key reused for another write is a new write.
                 outcome = await self.node.idempotency.run(
-                    f"{self.user_id}:ws:{frame.type}", key, lambda: op(self, data))
+                    idempotency.scope(self.identity, _operation(frame.type, data)), key, lambda: op(self, data))
             else:
                 outcome = await op(self, data)
         except TetherError as exc:
@@ -424,6 +427,13 @@ class Connection:
         if channel in self.channels:
             self.drop(channel)
             await self.node.hub.remove(self, channel)
+
+
+def _operation(type: str, data: dict[str, Any]) -> str:
+    """What a keyed request does, for its idempotency scope: its type and the resource it names
+    (the same key on another document, session, channel or lock is another write)."""
+    target = [str(data[k]) for k in ("channel", "collection", "id", "session_id", "key", "stream_id") if k in data]
+    return f"ws:{type}:" + "/".join(target)
 
 
 def _parse_since(since: Any) -> tuple[int | None, str | None]:

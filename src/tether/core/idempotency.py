@@ -1,7 +1,7 @@
 """Idempotency records: a repeated write with the same key gets the first answer again.
 
 Kept in the durable database for ``idempotency_ttl`` (24 h by default), scoped
-by user, so a client outbox can retry after a lost ACK without applying twice.
+by caller and operation (:func:`scope`), so a client outbox can retry after a lost ACK without applying twice.
 
 The record commits in the same transaction as the request's first SQL write
 (a :class:`~tether.storage.database.Rider`; the embedded broker's group commit
@@ -18,11 +18,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any, Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 from tether.storage.database import Database, Rider, rider, riding
 from tether.wire.errors import bad_request
 from tether.wire.jsonutil import dumps, loads
+
+if TYPE_CHECKING:
+    from tether.core.auth import Identity
 
 SCHEMA = [
     """CREATE TABLE IF NOT EXISTS idempotency (
@@ -61,6 +64,14 @@ def rerun_on_failure() -> None:
     r = rider()
     if r is not None:
         r.rerun = True
+
+
+def scope(who: "Identity", operation: str) -> str:
+    """Whose record and for what: the caller's kind (the API key or a user token, which can
+    never share records whatever the user id) and user, and the operation, so a key reused
+    for another request (another route, document or frame type) is a new write, not the
+    first one's answer."""
+    return f"{who.kind}:{who.user_id}:{operation}"
 
 
 class Idempotency:

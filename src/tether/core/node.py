@@ -16,6 +16,7 @@ from typing import Any, Awaitable, Callable
 from fastapi import APIRouter
 
 from tether.broker.base import Broker, Position
+from tether.core.access import AccessWatch, expires
 from tether.core.auth import Authenticator
 from tether.core.config import Settings
 from tether.core.connection import Connection, Op, TokenBucket, pass_turn
@@ -27,7 +28,7 @@ from tether.core.sinks import StreamSinks
 from tether.storage import open_database
 from tether.storage.database import Database
 from tether.wire import protocol
-from tether.wire.protocol import CLOSE_SHUTDOWN, CLOSE_TIMEOUT
+from tether.wire.protocol import CLOSE_SHUTDOWN, CLOSE_TIMEOUT, CLOSE_TOKEN_EXPIRED
 
 log = logging.getLogger("tether.node")
 
@@ -63,6 +64,7 @@ class Node:
         self.stream_sinks = StreamSinks()
         self.ops: dict[str, Op] = {}
         self.features = [cls(self) for cls in features]
+        self.access = AccessWatch(self)  # live re-checks of subscriptions, REFRESH
         self._user_buckets: dict[str, TokenBucket] = {}
         self._keepalive_task: asyncio.Task[None] | None = None
         self.started = False
@@ -91,6 +93,9 @@ class Node:
         await self.idempotency.start()
         if s.channels_file:
             self.namespaces.add(*load_overrides(s.channels_file))
+        self.namespaces.add(*self.access.namespaces())
+        self.ops["REFRESH"] = self.access.refresh
+        await self.access.start()
         for f in self.features:
             self.namespaces.add(*f.namespaces())
             self.ops.update(f.ops())
@@ -112,6 +117,7 @@ class Node:
             await asyncio.sleep(0.05)
         for f in reversed(self.features):
             await f.stop()
+        self.access.stop()
         await self.broker.close()
         await self.db.close()
         if self.redis is not None:
@@ -150,6 +156,7 @@ class Node:
             "connectionId": conn.id,
             "serverTime": protocol.now_ms(),
             "pingInterval": self.settings.ping_interval,
+            "expiresAt": expires(conn.identity.expires_at),  # send REFRESH before; closed with 4003 after
         }))
         own = f"users.{conn.user_id}"
         conn.channels.add(own)
@@ -194,9 +201,12 @@ class Node:
         tick = min(1.0, interval / 4)
         while True:
             await asyncio.sleep(tick)
-            now = time.monotonic()
+            now, wall = time.monotonic(), time.time()
             for conn in list(self.connections.values()):
-                if now - conn.last_seen > 2 * interval:
+                exp = conn.identity.expires_at
+                if exp is not None and wall >= exp:
+                    conn.close(CLOSE_TOKEN_EXPIRED, "token_expired: send REFRESH with a fresh token before exp; reconnect with one")
+                elif now - conn.last_seen > 2 * interval:
                     conn.close(CLOSE_TIMEOUT, f"no frame for {2 * interval:g} s: the link looks dead")
                 elif now - conn.last_ping >= interval:
                     conn.last_ping = now

@@ -7,16 +7,32 @@ from typing import Any
 from fastapi import APIRouter, Header
 from pydantic import BaseModel, Field
 
+from tether.core.auth import Identity
 from tether.core.connection import Connection, Op
+from tether.core.idempotency import scope
 from tether.core.node import Feature
 from tether.core.rest import Caller, NodeDep
 from tether.wire import protocol
-from tether.wire.errors import bad_request
+from tether.wire.errors import bad_request, forbidden
 
 
 class PublishBody(BaseModel):
     type: str = Field("PUBLICATION", description="UPPER_SNAKE_CASE event type")
     data: Any = Field(..., description="the event payload (any JSON)")
+
+
+def publishable_type(who: Identity, value: Any, requests: Any = ()) -> str:
+    """A user's publish is always a ``PUBLICATION``: every other type (the protocol's, the
+    modules' events such as ``SESSION_ENDED``) would let it pass for the server. The API key
+    may give any type but the protocol's own frames and requests."""
+    etype = protocol.check_type(value)
+    if not who.is_server:
+        if etype != "PUBLICATION":
+            raise forbidden(f"'type': a user publishes PUBLICATION only ({etype} is the server's to send)")
+        return etype
+    if etype in protocol.PROTOCOL_TYPES or etype in requests:
+        raise bad_request(f"'type': {etype} is a frame of the protocol itself and cannot be published")
+    return etype
 
 
 class ChannelsFeature(Feature):
@@ -65,16 +81,16 @@ class ChannelsFeature(Feature):
                           idempotency_key: str | None = Header(None)) -> dict[str, Any]:
             """Broadcast an event on a channel (server API key, or a user the namespace lets publish)."""
             protocol.check_channel(channel)
-            protocol.check_type(body.type)
+            event_type = publishable_type(who, body.type, node.ops)
             await node.namespaces.may_publish(who, channel)
 
             async def run() -> dict[str, Any]:
-                position = await node.publish(channel, body.type, body.data)
+                position = await node.publish(channel, event_type, body.data)
                 node.metrics.publishes.inc()
                 return {"channel": channel, "offset": position.offset, "epoch": position.epoch}
 
             if idempotency_key:
-                return await node.idempotency.run(f"{who.user_id}:rest", idempotency_key, run)  # type: ignore[no-any-return]
+                return await node.idempotency.run(scope(who, f"rest:publish {channel}"), idempotency_key, run)  # type: ignore[no-any-return]
             return await run()
 
         return router

@@ -28,7 +28,7 @@ from pydantic import (
 
 from tether.core.auth import Identity
 from tether.core.connection import Connection, Op
-from tether.core.idempotency import answer
+from tether.core.idempotency import answer, scope
 from tether.core.namespaces import Namespace
 from tether.core.node import Feature
 from tether.core.rest import Caller, NodeDep
@@ -41,7 +41,6 @@ from tether.features.document_access import (
     parse_channel,
     scope_channels,
 )
-from tether.wire import protocol
 from tether.wire.errors import TetherError, forbidden
 from tether.wire.jsonutil import dumps, loads
 from tether.wire.timestamps import now_iso
@@ -273,6 +272,10 @@ class Documents:
         new = Grant(body.owner or old.owner, body.access or old.access, members)
         if new != old and not may_manage(who, old):
             raise forbidden("only the document's owner may change its access, members or owner")
+        if new.owner != old.owner and not who.is_server:
+            # Nobody is made owner without consent: an owner that hands a document to a user who
+            # did not ask for it (keeping itself as member) would read what they write into it.
+            raise forbidden("owner: only the server API key may give a document to another user")
         return new
 
     # -- reads -------------------------------------------------------------------
@@ -326,6 +329,11 @@ class Documents:
         text = _sized(body.data)
         answer(doc)  # what a retry gets if a crash follows the INSERT
         async with self._lock(collection, doc_id):
+            if await self.load(collection, doc_id) is None:
+                # A new incarnation of this id: its channel starts a new epoch with no history, so
+                # whoever creates it now cannot replay a deleted predecessor's events with `since`.
+                # Before the INSERT: a crash in between leaves an empty channel, never a leak.
+                await self.node.broker.reset(document_channel(collection, doc_id))
             async with self.db.transaction() as tx:
                 n = await tx.execute(
                     """INSERT INTO documents (collection, id, version, data, owner, access, members,
@@ -438,6 +446,9 @@ class Documents:
         await publish(channel, type, payload)
         if after is None and before is not None:  # deleted: nobody keeps a subscription to a reusable id
             await publish(ACCESS_CHANNEL, "ACCESS_CHANGED", {"channel": channel, "deleted": True})
+        if narrowed or after is None:
+            # The document's presence follows its read access (presence.{channel}): re-check its watchers.
+            await self.node.access.recheck([f"presence.{channel}"])
         now_in, was_in = scope_channels(c, after), scope_channels(c, before)
         for ch in sorted(now_in):
             await publish(ch, type, payload)
@@ -527,9 +538,9 @@ class DocumentsFeature(Feature):
         for conn in list(subs):
             if conn.identity.is_server or (grant is not None and may_read(conn.identity, grant)):
                 continue
-            self.node.hub.discard(conn, channel)
             reason = "document deleted" if grant is None else "read access revoked"
-            conn.send(protocol.frame("UNSUBSCRIBED", {"channel": channel, "reason": reason}, channel=channel))
+            if self.node.access.discard(conn, channel, reason):
+                self.node.access.hooks(conn, channel)  # e.g. the presence this subscription held leaves
 
     # -- WebSocket requests --------------------------------------------------------
 
@@ -585,14 +596,14 @@ class DocumentsFeature(Feature):
         router = APIRouter(prefix="/collections/{collection}/documents", tags=["documents"])
         docs = self.docs
 
-        async def once(node: Any, who: Identity, key: str | None, fn: Callable[[], Any]) -> Any:
-            return await node.idempotency.run(f"{who.user_id}:rest", key, fn) if key else await fn()
+        async def once(node: Any, who: Identity, op: str, key: str | None, fn: Callable[[], Any]) -> Any:
+            return await node.idempotency.run(scope(who, op), key, fn) if key else await fn()
 
         @router.post("", status_code=201)
         async def create(collection: CollectionP, body: CreateBody, node: NodeDep, who: Caller,
                          response: Response, idempotency_key: IdemKey = None) -> dict[str, Any]:
             """Create a document (201). A retried ``Idempotency-Key`` returns the first result."""
-            doc = await once(node, who, idempotency_key, lambda: docs.create(who, collection, body))
+            doc = await once(node, who, f"rest:POST {collection}", idempotency_key, lambda: docs.create(who, collection, body))
             response.headers["ETag"] = etag(doc)
             return doc  # type: ignore[no-any-return]
 
@@ -625,7 +636,7 @@ class DocumentsFeature(Feature):
                           idempotency_key: IdemKey = None) -> dict[str, Any]:
             """Replace ``data``. ``version`` stale -> 409 with the current document; ``If-Match`` -> 412;
             neither -> last write wins."""
-            doc = await once(node, who, idempotency_key,
+            doc = await once(node, who, f"rest:PUT {collection}/{doc_id}", idempotency_key,
                              lambda: docs.replace(who, collection, doc_id, body, parse_if_match(if_match)))
             response.headers["ETag"] = etag(doc)
             return doc  # type: ignore[no-any-return]
@@ -635,7 +646,7 @@ class DocumentsFeature(Feature):
                         response: Response, if_match: IfMatch = None,
                         idempotency_key: IdemKey = None) -> dict[str, Any]:
             """Merge ``data`` (JSON merge patch, RFC 7386) with the same version rules as PUT."""
-            doc = await once(node, who, idempotency_key,
+            doc = await once(node, who, f"rest:PATCH {collection}/{doc_id}", idempotency_key,
                              lambda: docs.patch(who, collection, doc_id, body, parse_if_match(if_match)))
             response.headers["ETag"] = etag(doc)
             return doc  # type: ignore[no-any-return]
@@ -645,7 +656,7 @@ class DocumentsFeature(Feature):
                          version: Version = None, if_match: IfMatch = None,
                          idempotency_key: IdemKey = None) -> dict[str, Any]:
             """Delete (the owner); ``?version=`` or ``If-Match`` make it conditional."""
-            return await once(node, who, idempotency_key,  # type: ignore[no-any-return]
+            return await once(node, who, f"rest:DELETE {collection}/{doc_id}", idempotency_key,  # type: ignore[no-any-return]
                               lambda: docs.delete(who, collection, doc_id, version, parse_if_match(if_match)))
 
         return router

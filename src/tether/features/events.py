@@ -23,7 +23,7 @@ from pydantic import BaseModel, Field
 
 from tether.core.auth import valid_id
 from tether.core.connection import Op, holding_user_channel
-from tether.core.idempotency import rerun_on_failure
+from tether.core.idempotency import rerun_on_failure, scope
 from tether.core.node import Feature
 from tether.core.rest import Caller, NodeDep, require_server
 from tether.storage.database import Database
@@ -37,8 +37,8 @@ if TYPE_CHECKING:
 STATUSES = ("queued", "processing", "completed", "failed")
 ENDED = ("completed", "failed")
 #: Types a backend may not push: the protocol's own frames and events only Tether itself emits.
-RESERVED = frozenset({
-    "ACK", "ERROR", "CONNECTED", "PING", "PONG", "DEVICE_CONNECTED", "DEVICE_DISCONNECTED",
+RESERVED = protocol.PROTOCOL_TYPES | frozenset({
+    "DEVICE_CONNECTED", "DEVICE_DISCONNECTED",
     "STREAM_STARTED", "STREAM_DELTA", "STREAM_ENDED", "STREAM_STATE",
 })
 
@@ -281,6 +281,8 @@ class EventsFeature(Feature):
             if not valid_id(user_id):
                 raise bad_request("user_id: letters, digits and _ . @ + - only (up to 128)")
             etype = event_type(body.type)
+            if etype in node.ops:
+                raise bad_request(f"'type': {etype} is a request of the protocol and cannot be pushed")
             data = self.rules.validate(etype, body.data)
             size = len(dumps(data))
             if size > node.settings.max_frame_bytes:
@@ -292,7 +294,7 @@ class EventsFeature(Feature):
                 return {"delivered": await self.connections(user_id), "offset": position.offset}
 
             if idempotency_key:
-                return await node.idempotency.run(f"{who.user_id}:rest", idempotency_key, run)  # type: ignore[no-any-return]
+                return await node.idempotency.run(scope(who, f"rest:push {user_id}"), idempotency_key, run)  # type: ignore[no-any-return]
             return await run()
 
         return router

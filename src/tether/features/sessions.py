@@ -34,6 +34,7 @@ from pydantic import (
 
 from tether.core.auth import Identity, valid_id
 from tether.core.connection import Connection, Op
+from tether.core.idempotency import scope
 from tether.core.namespaces import Namespace
 from tether.core.node import Feature
 from tether.core.rest import Caller, NodeDep
@@ -544,16 +545,10 @@ class Sessions:
             elif not session["is_private"]:
                 await self.node.publish("sessions", "SESSION_UPDATED", session)
             if not still_reader:
-                await self._drop_subscriptions(user, channel)
+                # Someone who left no longer reads the chat nor sees who is there: every node
+                # re-checks their subscriptions of the session and of its presence.
+                await self.node.access.recheck([channel, f"presence.{channel}"], [user])
         return {"left": True, "session": session, "participant": participant}
-
-    async def _drop_subscriptions(self, user: str, channel: str) -> None:
-        """Someone who left no longer reads the chat: end this node's subscriptions of theirs."""
-        for conn in list(self.node.users.get(user, ())):
-            if channel in conn.channels:
-                await conn.unsubscribe(channel)
-                for f in self.node.features:
-                    await f.unsubscribed(conn, channel)
 
     async def participants(self, who: Identity, sid: str) -> dict[str, Any]:
         acc = await self._access(self.node.db, who, sid)
@@ -757,16 +752,16 @@ class SessionsFeature(Feature):
         router = APIRouter(prefix="/sessions", tags=["sessions"])
         d = self.domain
 
-        async def once(node: Any, who: Identity, key: str | None, fn: Any) -> Any:
+        async def once(node: Any, who: Identity, op: str, key: str | None, fn: Any) -> Any:
             if key:
-                return await node.idempotency.run(f"{who.user_id}:rest", key, fn)
+                return await node.idempotency.run(scope(who, op), key, fn)
             return await fn()
 
         @router.post("", status_code=201)
         async def create(body: SessionIn, node: NodeDep, who: Caller,
                          idempotency_key: str | None = Header(None)) -> dict[str, Any]:
             """Create a session; the caller is its host and first participant."""
-            return await once(node, who, idempotency_key, lambda: d.create(who, body))  # type: ignore[no-any-return]
+            return await once(node, who, "rest:POST sessions", idempotency_key, lambda: d.create(who, body))  # type: ignore[no-any-return]
 
         @router.get("")
         async def browse(who: Caller, q: str | None = Query(None), category: str | None = Query(None),
@@ -793,12 +788,12 @@ class SessionsFeature(Feature):
         @router.post("/{session_id}/join")
         async def join(session_id: str, node: NodeDep, who: Caller, body: JoinIn | None = None,
                        idempotency_key: str | None = Header(None)) -> dict[str, Any]:
-            return await once(node, who, idempotency_key, lambda: d.join(who, session_id, body or JoinIn()))  # type: ignore[no-any-return]
+            return await once(node, who, f"rest:POST sessions/{session_id}/join", idempotency_key, lambda: d.join(who, session_id, body or JoinIn()))  # type: ignore[no-any-return]
 
         @router.post("/{session_id}/leave")
         async def leave(session_id: str, node: NodeDep, who: Caller, body: LeaveIn | None = None,
                         idempotency_key: str | None = Header(None)) -> dict[str, Any]:
-            return await once(node, who, idempotency_key, lambda: d.leave(who, session_id, body or LeaveIn()))  # type: ignore[no-any-return]
+            return await once(node, who, f"rest:POST sessions/{session_id}/leave", idempotency_key, lambda: d.leave(who, session_id, body or LeaveIn()))  # type: ignore[no-any-return]
 
         @router.post("/{session_id}/invite")
         async def invite(session_id: str, body: InviteIn, who: Caller) -> dict[str, Any]:
@@ -811,7 +806,7 @@ class SessionsFeature(Feature):
 
         async def post(session_id: str, body: MessageIn, node: NodeDep, who: Caller,
                        idempotency_key: str | None = Header(None)) -> dict[str, Any]:
-            return await once(node, who, idempotency_key, lambda: d.post(who, session_id, body))  # type: ignore[no-any-return]
+            return await once(node, who, f"rest:POST sessions/{session_id}/messages", idempotency_key, lambda: d.post(who, session_id, body))  # type: ignore[no-any-return]
 
         post.__annotations__["body"] = self.message_in  # this node's message types, in validation and OpenAPI
         router.post("/{session_id}/messages", status_code=201)(post)

@@ -149,6 +149,9 @@ class StreamsFeature(Feature):
             raise TetherError("conflict", f"stream {stream_id!r} is written through another server node")
         if live.user_id != conn.user_id:
             raise forbidden(f"stream {stream_id!r} belongs to another user")
+        # Asked again at every write: a writer who lost the right to publish there (left the
+        # session, refreshed to a token without the role) stops writing into it.
+        await self.node.namespaces.may_publish(conn.identity, live.channel)
         live.writer = conn.id
         return live
 

@@ -18,12 +18,20 @@ from tether.wire.jsonutil import JSONDecodeError, dumps, loads
 
 # WebSocket close codes the clients act on (docs/protocol.md).
 CLOSE_UNAUTHORIZED = 4001
+CLOSE_TOKEN_EXPIRED = 4003  # the token's exp passed: reconnect with a fresh token
 CLOSE_SLOW = 4008
 CLOSE_ABUSE = 4009
 CLOSE_TIMEOUT = 4011
 CLOSE_RESYNC = 4012  # the node lost a channel's live feed: reconnect and resubscribe with since
 CLOSE_TOO_LARGE = 1009
 CLOSE_SHUTDOWN = 1001
+
+#: Frame types of the protocol itself: a client may never receive one from a publisher
+#: (a user publishes only PUBLICATION; the API key any type but these).
+PROTOCOL_TYPES = frozenset({
+    "CONNECTED", "ACK", "ERROR", "PING", "PONG", "UNSUBSCRIBED", "DISCONNECT", "REFRESH",
+    "SUBSCRIBE", "UNSUBSCRIBE", "PUBLISH",
+})
 
 TYPE_RE = re.compile(r"^[A-Z][A-Z0-9_]{0,63}$")
 CHANNEL_RE = re.compile(r"^[A-Za-z0-9_@+\-=:.]{1,255}$")
