@@ -348,15 +348,16 @@ def test_tab_opened_mid_stream_shows_text_so_far(users: Users, shared_server: Se
         if started["type"] == "ERROR":
             pytest.skip(f"this server does not take streams into sessions yet: {started['data']}")
         stream_id = started["data"]["stream_id"]
-        request("STREAM_DELTA", {"stream_id": stream_id, "delta": "Grace and "})
+        first = request("STREAM_DELTA", {"stream_id": stream_id, "delta": "Grace and "})
+        assert first["type"] == "ACK", first
         log = jo.get_by_role("log", name="Messages")
         expect(log).to_contain_text("Grace and")
         late = users.open(jo.context, f"/sessions/{sid}").page
         expect(late.get_by_role("log", name="Messages")).to_contain_text("Grace and")
-        request("STREAM_DELTA", {"stream_id": stream_id, "delta": "peace to you"})
+        assert request("STREAM_DELTA", {"stream_id": stream_id, "delta": "peace to you"})["type"] == "ACK"
         for page in (jo, late):
             expect(page.get_by_role("log", name="Messages")).to_contain_text("Grace and peace to you")
-        request("STREAM_END", {"stream_id": stream_id})
+        assert request("STREAM_END", {"stream_id": stream_id})["type"] == "ACK"
     for page in (jo, late):
         final = page.get_by_role("log", name="Messages").locator("article").filter(has_text="Grace and peace to you")
         expect(final).to_have_count(1)
