@@ -1,6 +1,6 @@
 import { useEffect, useRef, useState } from "preact/hooks";
-import type { Lock, Participant } from "@tether/client";
-import { reasonOf, useTether } from "./tether";
+import type { Lock, Participant, TetherEvent } from "@tether/client";
+import { follow, reasonOf, useTether } from "./tether";
 import type { SessionEvents } from "./SessionPage";
 import { clock } from "../ui/format";
 
@@ -18,7 +18,6 @@ interface Holder {
 }
 
 const LOCK_TTL = 30;
-const POLL_MS = 2000;
 
 /** Shared notes of a session: read-only until "Edit" takes the session's notes lock;
  * "Save" is a versioned write (a conflict shows the current text); "Cancel" releases. */
@@ -72,9 +71,8 @@ export function Notes(props: { id: string; people: Participant[]; sink: SessionE
     };
   }, [sink]);
 
-  // who holds the lock: asked every few seconds while we do not hold it ourselves
+  // who holds the lock: asked once, then followed live on the lock's own channel
   useEffect(() => {
-    if (editing) return;
     let stop = false;
     const ask = () =>
       client.rest("GET", `/api/locks/${key}`).then(
@@ -83,12 +81,21 @@ export function Notes(props: { id: string; people: Participant[]; sink: SessionE
         () => {},
       );
     void ask();
-    const t = setInterval(ask, POLL_MS);
+    const unfollow = follow(
+      client,
+      `locks.${key}`,
+      (e: TetherEvent) => {
+        const d = e.data ?? {};
+        if (e.type === "LOCK_ACQUIRED" || e.type === "LOCK_EXTENDED") setHolder({ holder: d.holder, expires_at: d.expires_at });
+        else if (e.type === "LOCK_RELEASED" || e.type === "LOCK_EXPIRED") setHolder(null);
+      },
+      { onReload: () => void ask() },
+    );
     return () => {
       stop = true;
-      clearInterval(t);
+      unfollow();
     };
-  }, [client, key, editing, syncTick]);
+  }, [client, key, syncTick]);
 
   // leaving the page lets go of the lock
   useEffect(() => () => void lockRef.current?.release().catch(() => {}), []);
