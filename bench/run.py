@@ -27,12 +27,14 @@ class Sizes:
     op_clients: int = 16  # concurrent clients per Tether op (ops workload)
     recover: int = 1000  # clients recovering after a server crash
     missed: int = 20  # events published while they are away
+    rooms: int = 1000  # rooms workload: rooms …
+    members: int = 10  # … of this many members, each publishing to its room
 
 
 QUICK = Sizes(fanout=300, many=1000, idle=2000, latency_rate=6000, seconds=2.0, warmup=0.7, procs=2,
-              op_clients=16, recover=300, missed=20)
+              op_clients=16, recover=300, missed=20, rooms=200, members=10)
 SMOKE = Sizes(fanout=10, many=10, idle=20, latency_rate=200, seconds=0.3, warmup=0.2, procs=1,
-              op_clients=2, recover=5, missed=3)
+              op_clients=2, recover=5, missed=3, rooms=3, members=3)
 
 Status = Callable[[str], None]
 
@@ -52,6 +54,10 @@ class Load:
             stop=ctx.Value("i", 0, lock=False), published=ctx.Value("q", 0, lock=False),
             counting=ctx.Value("i", 0, lock=False),
             results=ctx.Queue(),
+            # rooms workload: members publish (bench.workers._members)
+            member_rate=ctx.Value("d", 0.0, lock=False), member_saturate=ctx.Value("i", 0, lock=False),
+            member_sent=ctx.Array("q", procs, lock=False), member_fan=ctx.Value("q", 1, lock=False),
+            member_budget=ctx.Value("q", 0, lock=False),
         )
         self.subs = [ctx.Process(target=workers.subscriber, args=(system, i, placed[i::procs], self.shared),
                                  daemon=True) for i in range(procs)]
@@ -118,6 +124,13 @@ def saturate(load: Load, server: Server | list[Server], plan: list[tuple[str, in
     time.sleep(sizes.warmup)
     pids = load.pids()
     servers = server if isinstance(server, list) else [server]
+    result = window(load, servers, pids, sizes, status)
+    load.stop_publishing()
+    return result
+
+
+def window(load: Load, servers: list[Server], pids: list[int], sizes: Sizes, status: Status) -> dict[str, Any]:
+    """Deliveries/s and CPU over one measuring window, whoever publishes."""
 
     def server_cpu() -> float:
         return sum(cpu_seconds(s.pid) for s in servers)
@@ -128,7 +141,6 @@ def saturate(load: Load, server: Server | list[Server], plan: list[tuple[str, in
     time.sleep(sizes.seconds)
     d1, t1 = load.delivered(), time.monotonic()
     s1, c1, m1 = server_cpu(), sum(cpu_seconds(p) for p in pids), machine_busy()
-    load.stop_publishing()
     wall = t1 - t0
     return {
         "deliveries_per_s": round((d1 - d0) / wall),
@@ -197,6 +209,49 @@ def many_channels(system: str, sizes: Sizes, status: Status) -> dict[str, Any]:
         server.stop()
 
 
+def rooms(system: str, sizes: Sizes, status: Status) -> dict[str, Any]:
+    """R rooms of M members, every member publishing to its room (delivered to all M, itself
+    included): latency at a fixed total delivery rate, then deliveries/s at saturation."""
+    r, m = sizes.rooms, sizes.members
+    server = Server(system)
+    load = Load(system, server.port, [(f"r{i}m{j}", [f"room{i}"]) for i in range(r) for j in range(m)], sizes.procs)
+    shared = load.shared
+    try:
+        load.wait_ready(status)
+        shared.member_fan.value = m
+        per_member = sizes.latency_rate / (m * r * m)  # publishes/s per member: latency_rate deliveries/s in all
+        shared.member_rate.value = per_member
+        status(f"latency at {sizes.latency_rate} deliveries/s (warm-up)")
+        time.sleep(sizes.warmup)
+        shared.phase.value = workers.Phase.RECORD
+        status(f"latency at {sizes.latency_rate} deliveries/s")
+        time.sleep(sizes.seconds)
+        lat = load.latencies()
+        shared.member_rate.value = 0.0
+        result: dict[str, Any] = {
+            "rooms": r, "members": m, "member_publishes_per_s": round(per_member, 4),
+            "p50_ms": percentile(lat, 0.5), "p99_ms": percentile(lat, 0.99), "p999_ms": percentile(lat, 0.999),
+            "latency_rate_deliveries_per_s": sizes.latency_rate,
+            "latency_samples": len(lat), "latency_samples_expected": int(sizes.latency_rate * sizes.seconds),
+        }
+        time.sleep(0.3)
+        shared.counting.value = 1
+        shared.member_budget.value = 8 * r * m
+        shared.member_saturate.value = 1
+        status("saturating (warm-up)")
+        time.sleep(sizes.warmup)
+        result.update(window(load, [server], load.pids(), sizes, status))
+        shared.member_saturate.value = 0
+        result["dropped_connections"] = load.dropped()
+        # Every publish reaches its room's M members: what arrived over what was sent (settles to 1.0).
+        sent = sum(shared.member_sent) * m
+        result["delivered_of_sent"] = round(load.delivered() / sent, 3) if sent else None
+        return result
+    finally:
+        load.close()
+        server.stop()
+
+
 def idle(system: str, sizes: Sizes, status: Status) -> dict[str, Any]:
     n = sizes.idle
     server = Server(system)
@@ -249,6 +304,7 @@ def cluster(system: str, sizes: Sizes, status: Status) -> dict[str, Any]:
 
 
 WORKLOADS: dict[str, Callable[[str, Sizes, Status], dict[str, Any]]] = {
+    "rooms": rooms,
     "fanout": fanout,
     "many_channels": many_channels,
     "idle_connections": idle,

@@ -42,6 +42,7 @@ def subscriber(system: str, idx: int, conns: list[tuple[str, list[str], int]], s
 async def _subscriber(system: str, idx: int, conns: list[tuple[str, list[str], int]], shared: Any) -> None:
     dialect = DIALECTS[system]
     clients: list[Client] = []
+    rooms: list[tuple[Client, str]] = []  # each connection with the channel it publishes to in the rooms workload
     gate = asyncio.Semaphore(64)
 
     async def open_one(user: str, channels: list[str], port: int) -> None:
@@ -55,6 +56,8 @@ async def _subscriber(system: str, idx: int, conns: list[tuple[str, list[str], i
             else:
                 raise ConnectionError(f"{system}: cannot connect {user}")
             clients.append(c)
+            if channels:
+                rooms.append((c, channels[0]))
             deadline = time.monotonic() + 30
             while not c.ready and time.monotonic() < deadline and not c.closed:
                 await asyncio.sleep(0.01)
@@ -66,6 +69,7 @@ async def _subscriber(system: str, idx: int, conns: list[tuple[str, list[str], i
                 shared.ready.value += 1
 
     await asyncio.gather(*(open_one(u, chs, port) for u, chs, port in conns))
+    members = asyncio.ensure_future(_members(dialect, idx, rooms, shared))
     recording = counting = False
     while True:
         await asyncio.sleep(0.01)
@@ -89,9 +93,53 @@ async def _subscriber(system: str, idx: int, conns: list[tuple[str, list[str], i
             shared.results.put((idx, out.tobytes()))
         elif phase == Phase.EXIT:
             break
+    members.cancel()
     for c in clients:
         if c.transport is not None:
             c.transport.close()
+
+
+async def _members(dialect: Any, idx: int, mine: list[tuple[Client, str]], shared: Any) -> None:
+    """The rooms workload: every member publishes to its own room (its first channel).
+
+    ``member_rate`` > 0: each member that many publishes per second, on a fixed schedule
+    (this process's members in turn). ``member_saturate``: as fast as the system absorbs
+    them, with at most ``member_budget`` deliveries published but not yet counted (each
+    publish is delivered to the ``member_fan`` members of its room, the sender included).
+    """
+    if not mine:
+        return
+    sent = i = 0
+    start: float | None = None
+    base = 0
+    while True:
+        rate = shared.member_rate.value
+        if rate > 0:
+            if start is None:
+                start, base = time.monotonic(), sent
+            due = start + (sent - base) / (rate * len(mine))
+            delay = due - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+        elif shared.member_saturate.value:
+            start = None
+            expected = sum(shared.member_sent) * shared.member_fan.value
+            if expected - sum(shared.totals) >= shared.member_budget.value:
+                await asyncio.sleep(0.002)  # the members are catching up
+                continue
+        else:
+            start = None
+            await asyncio.sleep(0.01)
+            continue
+        c, room = mine[i]
+        i = (i + 1) % len(mine)
+        if c.closed:
+            continue
+        sent += 1
+        c.send(dialect.publish(room, payload(), sent))
+        shared.member_sent[idx] = sent
+        if sent % 32 == 0:
+            await asyncio.sleep(0)
 
 
 def publisher(system: str, port: int, plan: list[tuple[str, int]], rate: float, budget: int, shared: Any) -> None:

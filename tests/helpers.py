@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import hashlib
 import itertools
 import os
@@ -66,11 +65,6 @@ async def drop_scaled_data() -> None:
         await client.aclose()
 
 
-def die_with_parent() -> None:
-    """In a child process: be killed when the test process dies (a timed-out worker leaks no server)."""
-    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-
-
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -99,8 +93,7 @@ class ServerProcess:
     def start(self, timeout: float = 20) -> "ServerProcess":
         self.data_dir.mkdir(parents=True, exist_ok=True)
         cmd = [sys.executable, "-m", "tether", "serve", "--port", str(self.port), "--data-dir", str(self.data_dir), *self.args]
-        self.proc = subprocess.Popen(cmd, env=self.env, stdout=subprocess.DEVNULL, stderr=open(self.log, "ab"),
-                                     preexec_fn=die_with_parent)
+        self.proc = subprocess.Popen(cmd, env=self.env, stdout=subprocess.DEVNULL, stderr=open(self.log, "ab"))
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

@@ -18,7 +18,6 @@ import asyncio
 import re
 import uuid
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import pytest

@@ -4,7 +4,6 @@ ownership planted without consent, spoofed frame types, tokens outliving their e
 
 from __future__ import annotations
 
-import asyncio
 import os
 import subprocess
 import sys

@@ -30,11 +30,16 @@ SCHEMA = [
         "offset" BIGINT NOT NULL,
         frame TEXT NOT NULL,
         created_at DOUBLE PRECISION NOT NULL,
+        expires_at DOUBLE PRECISION,
         PRIMARY KEY (channel, "offset")
     )""",
 ]
 
-_ROWS_PER_INSERT = 200  # 800 bound parameters, far below SQLite's and PostgreSQL's limits
+#: After the column exists (databases made before it get it in ``ChannelLog.start``).
+EXPIRY_INDEX = "CREATE INDEX IF NOT EXISTS channel_history_expiry ON channel_history (expires_at)"
+
+_ROWS_PER_INSERT = 160  # 800 bound parameters, far below SQLite's and PostgreSQL's limits
+_SWEEP_CHUNK = 1000  # rows per sweeping transaction: short enough not to hold up group commits
 
 log = logging.getLogger("tether.broker")
 
@@ -42,19 +47,33 @@ log = logging.getLogger("tether.broker")
 class ChannelLog:
     """Offsets, epochs and the history window of every channel, in SQL."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, legacy_ttl: float = 3600.0) -> None:
         self.db = db
+        self.legacy_ttl = legacy_ttl  # the expiry given to rows stored before rows had one
 
     async def start(self) -> None:
         await self.db.migrate(SCHEMA)
+        await self._add_expiry()
+        await self.db.migrate([EXPIRY_INDEX])
+
+    async def _add_expiry(self) -> None:
+        """Databases made before rows had an expiry get the column, their rows the default window."""
+        if self.db.dialect == "postgresql":
+            await self.db.migrate(["ALTER TABLE channel_history ADD COLUMN IF NOT EXISTS expires_at DOUBLE PRECISION"])
+        elif not any(r["name"] == "expires_at" for r in await self.db.fetchall("PRAGMA table_info(channel_history)")):
+            await self.db.migrate(["ALTER TABLE channel_history ADD COLUMN expires_at DOUBLE PRECISION"])
+        await self.db.execute("UPDATE channel_history SET expires_at = created_at + ? WHERE expires_at IS NULL",
+                              self.legacy_ttl)
 
     async def append_many(self, items: list[tuple[str, str, Any, int, float]],
                           riders: Sequence[Rider] = ()) -> list[tuple[Position, str]]:
         """Append events in one transaction (group commit), offsets in list order per channel.
 
         One multi-row UPSERT per chunk of channels reserves all of their offsets,
-        one multi-row INSERT per chunk stores the frames, one DELETE per channel
-        trims the window.
+        one multi-row INSERT per chunk stores the frames, and a channel past its
+        history size drops exactly the offsets that fell out of its window (a
+        bounded range of its primary key: a few rows found by the index, never a
+        scan of the channel). Age is trimmed apart, by :meth:`sweep`.
         """
         now = time.time()
         counts: dict[str, int] = {}
@@ -78,33 +97,51 @@ class ChannelLog:
                     k = counts[row["channel"]]
                     next_offset[row["channel"]] = (int(row["top_offset"]) - k + 1, str(row["epoch"]))
             rows: list[Any] = []
-            trims: dict[str, tuple[int, int, float]] = {}  # channel -> (last offset, size, ttl)
+            windows: dict[str, tuple[int, int, int]] = {}  # channel -> (first offset, last offset, size)
             for channel, type, data, size, ttl in items:
                 offset, epoch = next_offset[channel]
                 next_offset[channel] = (offset + 1, epoch)
                 text = protocol.event(channel, offset, type, data)
                 out.append((Position(offset, epoch), text))
                 if size > 0:
-                    rows.append((channel, offset, text, now))
-                    trims[channel] = (offset, size, ttl)
+                    rows.append((channel, offset, text, now, now + ttl))
+                    first = windows[channel][0] if channel in windows else offset
+                    windows[channel] = (first, offset, size)
             for i in range(0, len(rows), _ROWS_PER_INSERT):
                 chunk = rows[i : i + _ROWS_PER_INSERT]
                 await tx.execute(
-                    'INSERT INTO channel_history (channel, "offset", frame, created_at) VALUES '
-                    + ",".join(["(?, ?, ?, ?)"] * len(chunk)),
+                    'INSERT INTO channel_history (channel, "offset", frame, created_at, expires_at) VALUES '
+                    + ",".join(["(?, ?, ?, ?, ?)"] * len(chunk)),
                     *(v for r in chunk for v in r),
                 )
-            for channel, (offset, size, ttl) in trims.items():
-                if offset % 16 < counts[channel] or offset > size:
-                    await tx.execute(
-                        'DELETE FROM channel_history WHERE channel = ? AND ("offset" <= ? OR created_at < ?)',
-                        channel, offset - size, now - ttl,
-                    )
+            # The window was (first - 1 - size, first - 1] before this batch and is (last - size, last]
+            # after it: what lies between left it. One call for all channels (one thread hop in SQLite).
+            trims = [(c, first - 1 - size, last - size) for c, (first, last, size) in windows.items() if last > size]
+            if trims:
+                await tx.executemany(
+                    'DELETE FROM channel_history WHERE channel = ? AND "offset" > ? AND "offset" <= ?', trims)
             for r in riders:  # the publishing requests' idempotency records, in the same COMMIT
                 await tx.execute(r.sql, *r.args())
         for r in riders:
             r.done = True
         return out
+
+    async def sweep(self, now: float | None = None) -> int:
+        """Delete every row past its channel's history TTL, quiet channels included, a chunk per
+        transaction (the expiry index finds them); returns how many went."""
+        cutoff = time.time() if now is None else now
+        total = 0
+        while True:
+            async with self.db.transaction() as tx:
+                n = await tx.execute(
+                    'DELETE FROM channel_history WHERE (channel, "offset") IN (SELECT channel, "offset" '
+                    "FROM channel_history WHERE expires_at < ? LIMIT ?)",
+                    cutoff, _SWEEP_CHUNK,
+                )
+            total += n
+            if n < _SWEEP_CHUNK:
+                return total
+            await asyncio.sleep(0)  # let the group commits waiting for the database go first
 
     async def read(self, channel: str, after: int | None, limit: int, ttl: float | None = None) -> Stream:
         row = await self.db.fetchone("SELECT top_offset, epoch FROM channel_positions WHERE channel = ?", channel)
@@ -162,8 +199,10 @@ class MemoryBroker(Broker):
     after its COMMIT, so per-channel offset order holds and an ACKed publish
     is durable (its future resolves only after the commit)."""
 
-    def __init__(self, db: Database) -> None:
-        self.log = ChannelLog(db)
+    def __init__(self, db: Database, *, sweep_every: float = 60.0, legacy_ttl: float = 3600.0) -> None:
+        self.log = ChannelLog(db, legacy_ttl)
+        self.sweep_every = sweep_every  # seconds between age sweeps: expired rows outlive their TTL by at most this
+        self._sweeper: asyncio.Task[None] | None = None
         self._deliver: Deliver | None = None
         self._pending: list[tuple[tuple[str, str, Any, int, float], str | None, asyncio.Future[Position],
                                   Rider | None]] = []
@@ -172,8 +211,20 @@ class MemoryBroker(Broker):
     async def start(self, deliver: Deliver) -> None:
         self._deliver = deliver
         await self.log.start()
+        self._sweeper = asyncio.create_task(self._sweep_forever(), context=contextvars.Context())
+
+    async def _sweep_forever(self) -> None:
+        while True:
+            try:
+                await self.log.sweep()
+            except Exception:
+                log.exception("sweeping expired channel history failed; trying again later")
+            await asyncio.sleep(self.sweep_every)
 
     async def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            await asyncio.gather(self._sweeper, return_exceptions=True)
         if self._flusher is not None:
             await asyncio.gather(self._flusher, return_exceptions=True)
         self._deliver = None

@@ -32,6 +32,8 @@ import time
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -104,6 +106,21 @@ return {redis.call('HGET', KEYS[1], 'top'), ARGV[1]}
 """
 
 
+def open_client(url: str, **options: Any) -> aioredis.Redis:
+    """A Redis client that never re-sends a command by itself.
+
+    redis-py can retry a call after a connection error or a timeout (the ``Redis()``
+    constructor does by default): after a lost reply it sends the whole call again, so a
+    publish pipeline stores and fans out every event twice at new offsets, and a lock
+    script that granted a lock answers "held" the second time. A lost reply is handled by
+    the caller instead, which knows whether its call is safe to repeat."""
+    return aioredis.from_url(url, retry=Retry(NoBackoff(), 0), retry_on_error=[], **options)
+
+
+#: What a call whose reply was lost (or late) raises: it may or may not have run.
+LOST_REPLY = (RedisConnectionError, RedisTimeoutError, OSError)
+
+
 def _unavailable(exc: BaseException) -> TetherError:
     return TetherError("unavailable", f"the broker (Redis) is unreachable ({type(exc).__name__}); retry shortly")
 
@@ -128,7 +145,7 @@ class RedisBroker(Broker):
 
     @classmethod
     async def open(cls, url: str, prefix: str = "tether:") -> "RedisBroker":
-        client = aioredis.from_url(url, socket_timeout=5, socket_connect_timeout=2, health_check_interval=10)
+        client = open_client(url, socket_timeout=5, socket_connect_timeout=2, health_check_interval=10)
         return cls(client, prefix)
 
     # -- keys -------------------------------------------------------------------
@@ -197,7 +214,10 @@ class RedisBroker(Broker):
                         for keys, args, _ in batch:
                             await self._publish(keys=keys, args=args, client=pipe)
                         results = await pipe.execute(raise_on_error=False)
-                except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+                except LOST_REPLY as exc:
+                    # Whether Redis ran the scripts is unknown (a lost or late reply): never sent
+                    # again, which could store and fan out each event twice. Each publisher gets
+                    # "unavailable"; a subscriber that missed an event recovers it by offset.
                     results = [_unavailable(exc)] * len(batch)
                 except RedisError as exc:
                     results = [exc] * len(batch)

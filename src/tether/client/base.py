@@ -378,7 +378,7 @@ class BaseClient:
         link = self._link
         if link is not None and not link.closed:
             try:
-                await self._subscribe_on(link, sub)
+                await self._subscribe_on(link, sub, patient=True)
             except ServerError:
                 self._subs.pop(channel, None)
                 raise
@@ -393,15 +393,33 @@ class BaseClient:
             with contextlib.suppress(ClientError):
                 await link.request("UNSUBSCRIBE", {"channel": channel}, timeout=self.request_timeout)
 
-    async def _subscribe_on(self, link: Link, sub: Subscription) -> None:
+    async def _subscribe_on(self, link: Link, sub: Subscription, *, patient: bool = False) -> None:
+        """SUBSCRIBE on ``link``. Its ACK sets the subscription's epoch and offset, whenever it
+        comes: one later than the request timeout is still applied (``Link`` runs ``on_ack``),
+        so events never arrive on a subscription that has no position to resume from. With
+        ``patient`` a timeout on a live link keeps waiting for that ACK (a stalled path) until
+        it arrives or the link drops (the keepalive bounds that)."""
         since = {"offset": sub.offset, "epoch": sub.epoch} if sub.offset is not None and sub.epoch else None
         data: dict[str, Any] = {"channel": sub.channel}
         if since is not None:
             data["since"] = since
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        await link.request("SUBSCRIBE", data, timeout=self.request_timeout,
-                           on_ack=lambda ack: self._queue.put_nowait(("ack", sub.channel, ack, since, done)))
-        if asyncio.current_task() is not self._dispatcher:
+        in_dispatcher = asyncio.current_task() is self._dispatcher
+        try:
+            await link.request("SUBSCRIBE", data, timeout=self.request_timeout,
+                               on_ack=lambda ack: self._queue.put_nowait(("ack", sub.channel, ack, since, done)))
+        except Disconnected:
+            if not patient or link.closed or in_dispatcher:
+                raise
+            log.warning("SUBSCRIBE %s: no ACK within %g s; waiting for it", sub.channel, self.request_timeout)
+            closed = asyncio.ensure_future(link.wait_closed())
+            try:
+                await asyncio.wait([done, closed], return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                closed.cancel()
+            if not done.done():
+                raise
+        if not in_dispatcher:
             # Called from a handler (subscribe or refresh inside a handler), the dispatcher
             # cannot reach the ACK until that handler returns: waiting would deadlock delivery.
             await done  # the replayed events have reached the app

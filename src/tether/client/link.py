@@ -104,7 +104,7 @@ class Link:
             if fut in done:
                 out.append(fut.exception() or fut.result())
             else:
-                fut.cancel()
+                fut.cancel()  # its entry stays in _replies: a late ACK still runs its on_ack
                 out.append(Disconnected(f"no answer within {timeout:g} s"))
         return out
 
@@ -155,14 +155,15 @@ class Link:
                 rid = frame.get("id")
                 if rid is not None and rid in self._replies and ftype in ("ACK", "ERROR"):
                     fut, on_ack = self._replies.pop(rid)
-                    if fut.done():
-                        continue
                     data = frame.get("data") or {}
                     if ftype == "ACK":
+                        # Even after the request timed out: the server did what it acknowledges
+                        # (a late SUBSCRIBE ACK carries the epoch and offset the subscription needs).
                         if on_ack is not None:
                             on_ack(data)  # before any later frame is handed on: keeps replay before live
-                        fut.set_result(data)
-                    else:
+                        if not fut.done():
+                            fut.set_result(data)
+                    elif not fut.done():
                         fut.set_exception(ServerError(data.get("code", "unavailable"), data.get("message", ""), None, data))
                 elif ftype == "PING":
                     await self.send("PONG", {"timestamp": (frame.get("data") or {}).get("timestamp")})

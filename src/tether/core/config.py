@@ -31,6 +31,7 @@ class Settings:
     send_queue_frames: int = 2000
     history_size: int = 1000
     history_ttl: float = 3600.0
+    history_sweep: float = 60.0  # seconds between deletions of expired history (quiet channels included)
     idempotency_ttl: float = 24 * 3600.0
     device_ttl: float = 30.0  # a device's connections expire unless their node heartbeats them (cluster)
     retain_ended: float = 5.0  # a completed/failed shoot's progress stays retained this long

@@ -11,17 +11,25 @@ then the full answer replaces it. A request that fails after writing keeps
 the record (its retry must not apply the write again), unless it declared its
 writes repeatable (:func:`rerun_on_failure`). Writes outside SQL (Redis locks, presence,
 the Redis broker) still record right after the write, as before.
+
+In a cluster (``shared``) the per-process lock does not see the other nodes, so a
+request first *claims* its key: one atomic ``INSERT … ON CONFLICT`` writes a pending
+record. The node that wins runs the request; a retry of the same key on another node
+finds the claim and waits for the answer instead of running it again (a publish to
+Redis would otherwise go out twice). A claim whose node died (it stops renewing it) is taken
+over after :data:`LEASE` seconds.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import time
 from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 from tether.storage.database import Database, Rider, rider, riding
-from tether.wire.errors import bad_request
+from tether.wire.errors import TetherError, bad_request
 from tether.wire.jsonutil import dumps, loads
 
 if TYPE_CHECKING:
@@ -42,6 +50,20 @@ log = logging.getLogger("tether.idempotency")
 
 _RECORD = """INSERT INTO idempotency (scope, key, result, created_at) VALUES (?, ?, ?, ?)
               ON CONFLICT (scope, key) DO UPDATE SET result = excluded.result, created_at = excluded.created_at"""
+
+#: A claimed record whose request is still running (cluster): no answer is ever this.
+PENDING = dumps({"\u0000pending": True})
+#: A claim not renewed for this long is taken over: the node that made it is presumed dead.
+#: Its node renews it every LEASE / 4 while the request runs (node clocks must agree to well
+#: under a second, as NTP keeps them).
+LEASE = 5.0
+#: How often a request waiting for another node's claim looks again, and for how long at most.
+POLL = 0.02
+WAIT = 10.0
+
+_CLAIM = """INSERT INTO idempotency (scope, key, result, created_at) VALUES (?, ?, ?, ?)
+             ON CONFLICT (scope, key) DO UPDATE SET result = excluded.result, created_at = excluded.created_at
+             WHERE (idempotency.result = ? AND idempotency.created_at < ?) OR idempotency.created_at < ?"""
 
 #: The stored answer of a write whose own answer a crash lost (it is applied; the request's
 #: code had not said what to answer yet, see :func:`answer`).
@@ -75,9 +97,10 @@ def scope(who: "Identity", operation: str) -> str:
 
 
 class Idempotency:
-    def __init__(self, db: Database, ttl: float) -> None:
+    def __init__(self, db: Database, ttl: float, *, shared: bool = False) -> None:
         self.db = db
         self.ttl = ttl
+        self.shared = shared  # other nodes run requests on this database: claim keys first
         # (scope, key) -> [lock, callers holding or awaiting it]; dropped when the last leaves
         self._inflight: dict[tuple[str, str], list[Any]] = {}
         self._writes = 0
@@ -85,9 +108,39 @@ class Idempotency:
     async def start(self) -> None:
         await self.db.migrate(SCHEMA)
 
-    async def _forget(self, scope: str, key: str) -> None:
+    async def _claim(self, scope: str, key: str) -> str | None:
+        """Claim the key for this request (None), or return the answer another request stored,
+        waiting while another node's claim is pending."""
+        give_up = time.monotonic() + WAIT
+        while True:
+            now = time.time()
+            if await self.db.execute(_CLAIM, scope, key, PENDING, now, PENDING, now - LEASE, now - self.ttl):
+                return None  # ours: new, expired, or abandoned by a dead node
+            row = await self.db.fetchone("SELECT result FROM idempotency WHERE scope = ? AND key = ?", scope, key)
+            if row is not None and row["result"] != PENDING:
+                return str(row["result"])
+            if time.monotonic() > give_up:
+                raise TetherError("unavailable", "a request with this idempotency key is still running "
+                                  "(on another node); retry later for its answer")
+            await asyncio.sleep(POLL)  # pending on another node (or just forgotten: claim again)
+
+    async def _renew(self, scope: str, key: str) -> None:
+        """Keep this node's claim alive while its request runs (a slow Redis, a long wait)."""
+        while True:
+            await asyncio.sleep(LEASE / 4)
+            try:
+                await self.db.execute("UPDATE idempotency SET created_at = ? WHERE scope = ? AND key = ? AND result = ?",
+                                      time.time(), scope, key, PENDING)
+            except Exception:
+                log.warning("could not renew the claim of %s/%s", scope, key, exc_info=True)
+
+    async def _forget(self, scope: str, key: str, *, only_pending: bool = False) -> None:
+        sql = "DELETE FROM idempotency WHERE scope = ? AND key = ?"
+        args: tuple[str, ...] = (scope, key)
+        if only_pending:
+            sql, args = sql + " AND result = ?", (scope, key, PENDING)
         try:
-            await self.db.execute("DELETE FROM idempotency WHERE scope = ? AND key = ?", scope, key)
+            await self.db.execute(sql, *args)
         except Exception:  # the request's own error is the one to report
             log.warning("could not forget the record of failed request %s/%s", scope, key, exc_info=True)
 
@@ -102,30 +155,44 @@ class Idempotency:
         if not isinstance(key, str) or not 1 <= len(key) <= 200:
             raise bad_request("'idempotency_key' must be a string of 1-200 characters")
         ident = (scope, key)
+        keeper: asyncio.Task[None] | None = None
         entry = self._inflight.get(ident)
         if entry is None:
             entry = self._inflight[ident] = [asyncio.Lock(), 0]
         entry[1] += 1
         try:
             async with entry[0]:
-                row = await self.db.fetchone(
-                    "SELECT result FROM idempotency WHERE scope = ? AND key = ? AND created_at > ?",
-                    scope, key, time.time() - self.ttl,
-                )
-                if row is not None:
-                    return loads(row["result"])
+                if self.shared:
+                    stored = await self._claim(scope, key)
+                    if stored is not None:
+                        return loads(stored)
+                    # Its own context: the renewals are no write of the request (no rider).
+                    keeper = asyncio.get_running_loop().create_task(self._renew(scope, key),
+                                                                    context=contextvars.Context())
+                else:
+                    row = await self.db.fetchone(
+                        "SELECT result FROM idempotency WHERE scope = ? AND key = ? AND created_at > ?",
+                        scope, key, time.time() - self.ttl,
+                    )
+                    if row is not None:
+                        return loads(row["result"])
                 # The record commits with the request's first write (storage.database.Rider) …
                 r = Rider(_RECORD, lambda result: (scope, key, result, time.time()), dumps(APPLIED))
                 token = riding.set(r)
                 try:
                     result = await fn()
-                except Exception:
-                    if r.done and r.rerun:  # it wrote (harmlessly repeatable), then failed:
+                except BaseException:
+                    wrote, r.done = r.done, True  # (done: the statements below carry no record)
+                    if wrote and r.rerun:  # it wrote (harmlessly repeatable), then failed:
                         await self._forget(scope, key)  # the retry runs it whole
+                    elif self.shared and not wrote:  # wrote nothing in SQL: free the claim
+                        await self._forget(scope, key, only_pending=True)
                     raise
                 finally:
                     r.done = True  # … or never: tasks the request started must not write it later
                     riding.reset(token)
+                    if keeper is not None:
+                        keeper.cancel()
                 # … and the full answer replaces it (or is written now, for a write outside SQL).
                 await self.db.execute(_RECORD, scope, key, dumps(result), time.time())
                 self._writes += 1

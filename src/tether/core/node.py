@@ -40,7 +40,7 @@ async def open_broker(settings: Settings, db: Database) -> Broker:
         return await RedisBroker.open(settings.redis_url, settings.redis_prefix)
     from tether.broker.memory import MemoryBroker
 
-    return MemoryBroker(db)
+    return MemoryBroker(db, sweep_every=settings.history_sweep, legacy_ttl=settings.history_ttl)
 
 
 class Node:
@@ -82,14 +82,14 @@ class Node:
         s = self.settings
         self.db = await open_database(s.database_url, s.data_dir)
         if s.redis_url:
-            import redis.asyncio
+            from tether.broker.redis import open_client
 
-            self.redis = redis.asyncio.from_url(s.redis_url)
+            self.redis = open_client(s.redis_url, socket_timeout=5, socket_connect_timeout=2)
         self.broker = await open_broker(s, self.db)
         self.hub = Hub(self.broker, self.metrics)
         self.broker.on_lost = self.hub.lost
         await self.broker.start(self.hub.deliver)
-        self.idempotency = Idempotency(self.db, s.idempotency_ttl)
+        self.idempotency = Idempotency(self.db, s.idempotency_ttl, shared=bool(s.redis_url))
         await self.idempotency.start()
         if s.channels_file:
             self.namespaces.add(*load_overrides(s.channels_file))
@@ -201,16 +201,19 @@ class Node:
         tick = min(1.0, interval / 4)
         while True:
             await asyncio.sleep(tick)
-            now, wall = time.monotonic(), time.time()
-            for conn in list(self.connections.values()):
-                exp = conn.identity.expires_at
-                if exp is not None and wall >= exp:
-                    conn.close(CLOSE_TOKEN_EXPIRED, "token_expired: send REFRESH with a fresh token before exp; reconnect with one")
-                elif now - conn.last_seen > 2 * interval:
-                    conn.close(CLOSE_TIMEOUT, f"no frame for {2 * interval:g} s: the link looks dead")
-                elif now - conn.last_ping >= interval:
-                    conn.last_ping = now
-                    conn.send(protocol.ping())
+            self._check_links(interval)  # a call, so no connection stays referenced from this frame while it sleeps
+
+    def _check_links(self, interval: float) -> None:
+        now, wall = time.monotonic(), time.time()
+        for conn in list(self.connections.values()):
+            exp = conn.identity.expires_at
+            if exp is not None and wall >= exp:
+                conn.close(CLOSE_TOKEN_EXPIRED, "token_expired: send REFRESH with a fresh token before exp; reconnect with one")
+            elif now - conn.last_seen > 2 * interval:
+                conn.close(CLOSE_TIMEOUT, f"no frame for {2 * interval:g} s: the link looks dead")
+            elif now - conn.last_ping >= interval:
+                conn.last_ping = now
+                conn.send(protocol.ping())
 
 
 # What a feature plugs into a node: channel namespaces, WebSocket ops, REST routes, hooks.

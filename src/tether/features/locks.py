@@ -34,6 +34,7 @@ from typing import Any
 from fastapi import APIRouter, Body
 from pydantic import BaseModel, Field
 
+from tether.broker.redis import LOST_REPLY
 from tether.core.auth import Identity
 from tether.core.connection import Connection, Op
 from tether.core.namespaces import Namespace
@@ -217,9 +218,13 @@ class SqlLockStore(LockStore):
 # of every grant not yet known to have ended, so an expiry can still be announced after Redis dropped the lock.
 # KEYS: lock hash, fencing counter, held zset, info hash. ARGV: token, holder, ttl ms, expires_at, key, floor ("" = none).
 # -> {0, holder, expires_at} held, {-1} the counter is gone and needs a floor, {1, fencing, previous grant's
-# info or ""} (a previous grant still in info expired unannounced: the caller announces it).
+# info or ""} (a previous grant still in info expired unannounced: the caller announces it). Idempotent by
+# token: a call repeated after its reply was lost gets the grant it made.
 _ACQUIRE = """
 if redis.call('EXISTS', KEYS[1]) == 1 then
+  if redis.call('HGET', KEYS[1], 'token') == ARGV[1] then  -- a repeat of a call that granted it
+    return {1, tonumber(redis.call('HGET', KEYS[1], 'fencing')), ''}
+  end
   return {0, redis.call('HGET', KEYS[1], 'holder'), redis.call('HGET', KEYS[1], 'expires_at'),
           redis.call('HGET', KEYS[1], 'fencing')}
 end
@@ -283,14 +288,25 @@ class RedisLockStore(LockStore):
     async def start(self) -> None:
         await self.db.migrate(SCHEMA)
 
+    async def _call(self, script: Any, keys: list[str], args: list[Any], *, repeatable: bool) -> Any:
+        """One script call. The client never re-sends by itself (broker.redis.open_client): a
+        lost reply is repeated here once when the script is idempotent, else "unavailable"."""
+        for attempt in (1, 2):
+            try:
+                return await script(keys=keys, args=args)
+            except LOST_REPLY as exc:
+                if not repeatable or attempt == 2:
+                    raise TetherError("unavailable", f"Redis did not answer ({type(exc).__name__}); "
+                                      "whether the lock changed is unknown: retry") from exc
+
     async def grant(self, key: str, holder: str, ttl: float) -> Grant:
         token, expires = new_token(), time.time() + ttl
         keys = [self._k(key), f"{self.prefix}lockfence:{key}", self._held, self._info]
         args = [token, holder, int(ttl * 1000), repr(expires), key, ""]
-        result = await self._acquire(keys=keys, args=args)
+        result = await self._call(self._acquire, keys, args, repeatable=True)
         if int(result[0]) == -1:  # Redis lost the counter (restart without persistence): re-seed it
             args[5] = str(await self._floor(key))
-            result = await self._acquire(keys=keys, args=args)
+            result = await self._call(self._acquire, keys, args, repeatable=True)
         if int(result[0]) != 1:
             live = Lock("", _text(result[1]), int(result[3]), float(result[2]), key) if len(result) == 4 else None
             return Grant(None, [], live)
@@ -320,13 +336,15 @@ class RedisLockStore(LockStore):
 
     async def extend(self, key: str, token: str, ttl: float) -> Lock | None:
         expires = time.time() + ttl
-        got = await self._extend(keys=[self._k(key), self._held, self._info], args=[token, int(ttl * 1000), repr(expires), key])
+        got = await self._call(self._extend, [self._k(key), self._held, self._info],
+                               [token, int(ttl * 1000), repr(expires), key], repeatable=True)  # the same expiry set twice
         if not got:
             return None
         return Lock(token, _text(got[1]), int(got[0]), expires, key)
 
     async def end(self, key: str, token: str) -> Lock | None:
-        got = await self._release(keys=[self._k(key), self._held, self._info], args=[token, key])
+        # Not repeated: a repeat after a release that ran would answer "not the holder".
+        got = await self._call(self._release, [self._k(key), self._held, self._info], [token, key], repeatable=False)
         if not got:
             return None
         return Lock(token, _text(got[1]), int(got[0]), float(got[2]), key)

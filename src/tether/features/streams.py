@@ -81,6 +81,7 @@ class Live:
     flusher: asyncio.Task[None] | None = None
     sink: StreamSink | None = None  # the channel owner's, which keeps the finished text
     meta: dict[str, Any] = field(default_factory=dict)
+    asked: dict[str, Any] = field(default_factory=dict)  # the metadata as STREAM_START gave it (re-checked at each write)
     limit: int = MAX_CHARS
 
 
@@ -112,6 +113,7 @@ class StreamsFeature(Feature):
         if not isinstance(stream_id, str) or not valid_id(stream_id):
             raise bad_request("'stream_id' must be 1-128 letters, digits and _ . @ + -")
         sink = self.node.stream_sinks.find(channel)
+        asked = meta
         if sink is not None:  # the channel's owner decides who may stream there (and normalizes the metadata)
             meta = await sink.accept(conn.identity, channel, meta)
         else:
@@ -127,7 +129,7 @@ class StreamsFeature(Feature):
             stream_id, channel, conn.user_id, conn.device_id, dumps(meta), now, now)
         if not inserted:
             raise TetherError("conflict", f"stream {stream_id!r} already exists")
-        self.live[stream_id] = Live(stream_id, channel, conn.user_id, conn.id, sink=sink, meta=meta,
+        self.live[stream_id] = Live(stream_id, channel, conn.user_id, conn.id, sink=sink, meta=meta, asked=asked,
                                     limit=min(MAX_CHARS, sink.max_chars) if sink else MAX_CHARS)
         mine.add(stream_id)
         position = await self.node.publish(channel, "STREAM_STARTED", {
@@ -151,7 +153,10 @@ class StreamsFeature(Feature):
             raise forbidden(f"stream {stream_id!r} belongs to another user")
         # Asked again at every write: a writer who lost the right to publish there (left the
         # session, refreshed to a token without the role) stops writing into it.
-        await self.node.namespaces.may_publish(conn.identity, live.channel)
+        if live.sink is not None:
+            await live.sink.accept(conn.identity, live.channel, live.asked)
+        else:
+            await self.node.namespaces.may_publish(conn.identity, live.channel)
         live.writer = conn.id
         return live
 

@@ -282,6 +282,9 @@ class NativeSocket(asyncio.Protocol):
                 self._finished = True
                 inbox.clear()
                 await self.node.close(conn)
+                # The connection's wake is a bound method of this socket: a cycle that would keep
+                # both (and all they hold) until a full garbage collection. Nothing is sent any more.
+                conn.wake = None
         except Exception:
             log.exception("connection %s failed", conn.id)
             if conn.close_code is None:
@@ -301,6 +304,12 @@ class NativeSocket(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._server_conns.discard(self)
+        # websockets keeps its parser as a generator holding the protocol (a cycle): finished
+        # here, so the protocol and its buffers are freed with this socket, not at the next
+        # full garbage collection. No byte is received after connection_lost.
+        parser = getattr(self.ws, "parser", None)
+        if parser is not None:
+            parser.close()
         if self._close_timer is not None:
             self._close_timer.cancel()
         if self.conn.close_code is None:

@@ -48,6 +48,9 @@ class Queries(Protocol):
 
     async def fetchall(self, sql: str, *args: Any) -> list[Row]: ...
 
+    async def executemany(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
+        """Run one statement once per row of arguments, in one call to the driver (one round trip)."""
+
 
 class OneStatement:
     """``execute`` / ``fetchone`` / ``fetchall`` outside a transaction, for both backends.

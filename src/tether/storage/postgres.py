@@ -82,6 +82,9 @@ class _Queries:
         self.changed += n
         return n
 
+    async def executemany(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
+        await self._conn.executemany(translate(sql), rows)  # asyncpg reports no row count here
+
     async def fetchone(self, sql: str, *args: Any) -> Row | None:
         row = await self._conn.fetchrow(translate(sql), *args)
         if row is not None and is_write(sql):  # INSERT/UPDATE … RETURNING

@@ -28,6 +28,10 @@ class _Queries:
         self.changed += max(cur.rowcount, 0)
         return cur.rowcount
 
+    async def executemany(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
+        cur = await self._conn.executemany(sql, rows)
+        self.changed += max(cur.rowcount, 0)
+
     async def fetchone(self, sql: str, *args: Any) -> Row | None:
         cur = await self._conn.execute(sql, args)
         row = await cur.fetchone()
