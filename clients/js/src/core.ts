@@ -336,7 +336,7 @@ export class Core {
         this.everConnected = true;
         this.error = null;
         this.setState("connected", true);
-        this.scheduleTokenRefresh();
+        this.scheduleTokenRefresh(link.hello.expiresAt);
         this.online.fire();
         this.kick.fire();
         await link.waitClosed();
@@ -375,23 +375,24 @@ export class Core {
     return !this.closing;
   }
 
-  /** Before a JWT runs out, get a fresh one and hand it to the server (REFRESH). */
-  private scheduleTokenRefresh(): void {
+  /** Before the token runs out (CONNECTED's or REFRESH's expiresAt, else the JWT's exp), hand the server a fresh one. */
+  private scheduleTokenRefresh(expiresAt?: string | null): void {
     if (this.refreshTimer) clearTimeout(this.refreshTimer);
-    const { exp } = tokenIdentity(this.client.token);
     const get = this.client.options.getToken ?? this.client.options.refreshToken;
+    const exp = expiresAt ? Date.parse(expiresAt) : (tokenIdentity(this.client.token).exp ?? 0) * 1000;
     if (!exp || !get) return;
-    const left = exp * 1000 - Date.now();
+    const left = exp - Date.now();
     const at = Math.max(1000, left - Math.min(60000, left / 5));
     this.refreshTimer = setTimeout(async () => {
       const link = this.link;
       if (!link || link.closed || !(await this.client.reauth())) return;
+      let ack: any = null;
       try {
-        await link.request("REFRESH", { token: this.client.token });
+        ack = await link.request("REFRESH", { token: this.client.token });
       } catch {
-        /* an older server: its 4003 close makes us reconnect with the new token */
+        /* refused (or an older server): the 4003 close makes us reconnect with a fresh token */
       }
-      if (this.link === link) this.scheduleTokenRefresh();
+      if (this.link === link) this.scheduleTokenRefresh(ack?.expiresAt);
     }, at);
   }
 
