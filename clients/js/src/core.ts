@@ -234,6 +234,12 @@ export class Core {
 
   private onFrame(frame: any): void {
     this.retain(frame);
+    if (frame.type === "UNSUBSCRIBED" && typeof frame.data?.channel === "string") {
+      // The server dropped a subscription (access revoked, document deleted): never resubscribe it.
+      this.channels.delete(frame.data.channel);
+      this.bus.post({ t: "subscribe-error", channel: frame.data.channel,
+        error: { name: "ServerError", code: "forbidden", message: String(frame.data.reason ?? "unsubscribed by the server") } });
+    }
     if (typeof frame.channel === "string" && typeof frame.offset === "number") {
       const c = this.channels.get(frame.channel);
       if (c?.wire && frame.offset > c.wire.offset) c.wire = { offset: frame.offset, epoch: c.wire.epoch };

@@ -207,3 +207,18 @@ test("concurrent subscribes of one channel keep every handler", async () => {
   await (await c.publish("public.twice", { i: 1 })).acked;
   await until(() => a.length === 1 && b.length === 1, "both handlers");
 });
+
+test("a subscription the server drops (document deleted) is dropped and reported, not restored", async () => {
+  const c = make("rex:r");
+  await c.connect();
+  const notes = c.documents("drop-" + Date.now());
+  await (await notes.create({ a: 1 }, { id: "d1" })).acked;
+  const dropped = [];
+  c.onSubscribeError((channel, error) => dropped.push([channel, error.code]));
+  const channel = `collections.${notes.name}.documents.d1`;
+  await c.subscribe(channel);
+  await (await notes.delete("d1")).acked;
+  await until(() => dropped.length === 1, "the report");
+  assert.deepEqual(dropped[0], [channel, "forbidden"]);
+  assert.equal(c.subscription(channel), undefined);
+});
