@@ -20,7 +20,7 @@ import pytest
 from playwright.sync_api import Browser, Page, expect
 from websockets.sync.client import connect as ws_connect
 
-from tests.browser.web_support import Users
+from tests.browser.web_support import Users, chromium
 from tests.helpers import API_KEY, ServerProcess
 
 NOT_FOUND = "the server responded with a status of 404"
@@ -28,6 +28,13 @@ CONFLICT = "the server responded with a status of 409"
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "web-app"
 INTERACTIVE = {"button", "link", "textbox", "searchbox", "combobox", "checkbox", "spinbutton",
                "progressbar", "slider", "listbox", "radio", "switch", "tab", "menuitem"}
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    """One Chromium per module, closed at the module's end: a sync Playwright left running for
+    the whole session keeps an event loop marked running, and later asyncio tests then fail."""
+    yield from chromium()
 
 
 @pytest.fixture
@@ -238,8 +245,8 @@ def test_message_typed_while_server_down_arrives_once(browser: Browser, server: 
         assert rest(server, "DELETE", f"/api/sessions/{sid}", "erin").status_code == 200
         erin.context.set_offline(False)
         refused = log.locator("article").filter(has_text="too late for this one")
-        expect(refused).to_contain_text("Not sent", timeout=30_000)
-        expect(refused).to_contain_text("ended")
+        expect(refused.filter(has_text="Not sent")).to_contain_text("ended", timeout=30_000)
+        expect(refused).to_have_count(1)
         expect(erin.get_by_text("This session has ended.", exact=True)).to_be_visible()
         expect(erin.get_by_role("status", name="Connection")).not_to_contain_text("to send")
         # reconnect errors while the server was down are the browser's own reports, not the app's

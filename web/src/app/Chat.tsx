@@ -106,7 +106,9 @@ export function Chat(props: { id: string; session: Session; canPost: boolean; si
   // A sent message can arrive on the channel a moment before its write settles in the outbox:
   // hide the pending copy as soon as a message of ours with the same text arrived meanwhile.
   const arrived = messages.filter((m) => m.user_id === me.userId && liveIds.current.has(m.id)).map((m) => m.message);
+  const refused = new Set(failed.map((f) => `pending-${f.key}`)); // shown as "Not sent" already
   const waiting = pending.filter((p) => {
+    if (refused.has(p.id)) return false;
     const i = arrived.indexOf(p.message);
     if (i < 0) return true;
     arrived.splice(i, 1);
