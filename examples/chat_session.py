@@ -1,23 +1,27 @@
-"""A chat in a live session (seed live-sessions-cloudkit.md) with tether.client.
+"""A chat in a live session with tether.client.
 
 Alice hosts a session and listens to its channel; Bob joins and writes. Bob's
-message goes through his outbox, so it would be sent (once) even if he were
-offline when he wrote it.
+messages go through his outbox, so they would be sent (once) even if he were
+offline when he wrote them. Alice skips the server's own "… joined" notices
+(``message_type: "system"``) and stops once she has read both of Bob's.
 
-    python examples/chat_session.py [http://127.0.0.1:8080]
+    python examples/chat_session.py [URL] [--token ALICE] [--peer-token BOB]
 """
 
 from __future__ import annotations
 
 import asyncio
-import sys
+
+from cli_args import parse
 
 from tether.client import Client
 
+LINES = ("hello from bob", "shall we start?")
 
-async def main(url: str) -> list[str]:
-    alice = Client(url, "alice:phone")
-    bob = Client(url, "bob:laptop")
+
+async def main(url: str, token: str = "alice:phone", peer_token: str = "bob:laptop") -> list[str]:
+    alice = Client(url, token)
+    bob = Client(url, peer_token)
     await alice.connect()
     await bob.connect()
     session = await alice.rest("POST", "/api/sessions", {
@@ -30,24 +34,22 @@ async def main(url: str) -> list[str]:
     done = asyncio.Event()
 
     def on_message(event: dict) -> None:
-        data = event["data"]
-        msg = data.get("message", data)
-        text = msg.get("message") if isinstance(msg, dict) else msg
-        if isinstance(msg, dict) and msg.get("message_type") == "system":
+        message = event["data"]  # the message itself: {id, seq, user_id, user_name, message, message_type, …}
+        if message["message_type"] == "system":
             return
-        heard.append(str(text))
-        print(f"alice sees: {text}")
-        if len(heard) == 2:
+        heard.append(message["message"])
+        print(f"alice sees: {message['message']}  (from {message['user_name']})")
+        if set(LINES) <= set(heard):  # finished by what arrived, not by how much or how fast
             done.set()
 
     room = await alice.subscribe(f"sessions.{sid}")
     room.on("MESSAGE_CREATED", on_message)
     await bob.rest("POST", f"/api/sessions/{sid}/join")
     await bob.subscribe(f"sessions.{sid}")
-    for text in ("hello from bob", "shall we start?"):
+    for text in LINES:
         await bob.enqueue("POST", f"/api/sessions/{sid}/messages", {"message": text, "message_type": "text"})
     await bob.flush()
-    await asyncio.wait_for(done.wait(), 10)
+    await asyncio.wait_for(done.wait(), 60)  # only if the server never delivers
     await bob.rest("POST", f"/api/sessions/{sid}/leave")
     await alice.close()
     await bob.close()
@@ -55,4 +57,5 @@ async def main(url: str) -> list[str]:
 
 
 if __name__ == "__main__":
-    asyncio.run(main(sys.argv[1] if len(sys.argv) > 1 else "http://127.0.0.1:8080"))
+    args = parse(__doc__, "alice:phone", "bob:laptop")
+    asyncio.run(main(args.url, args.token, args.peer_token))

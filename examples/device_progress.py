@@ -1,22 +1,24 @@
-"""A device watching progress that another device reports (seed websocket-sync-multi-device.md).
+"""A device watching progress that another device of the same user reports.
 
 The phone processes a photo shoot and sends ``UPDATE_PROGRESS``; the laptop,
 same user, gets ``SHOOT_PROGRESS`` with ``progress`` computed by the server.
+Both tokens must name the same user (two devices).
 
-    python examples/device_progress.py [http://127.0.0.1:8080]
+    python examples/device_progress.py [URL] [--token LAPTOP] [--peer-token PHONE]
 """
 
 from __future__ import annotations
 
 import asyncio
-import sys
+
+from cli_args import parse
 
 from tether.client import Client
 
 
-async def main(url: str, total: int = 4) -> list[float]:
-    laptop = Client(url, "alice:laptop")
-    phone = Client(url, "alice:phone")
+async def main(url: str, token: str = "alice:laptop", peer_token: str = "alice:phone", total: int = 4) -> list[float]:
+    laptop = Client(url, token)
+    phone = Client(url, peer_token)
     await laptop.connect()
     await phone.connect()
     seen: list[float] = []
@@ -35,11 +37,12 @@ async def main(url: str, total: int = 4) -> list[float]:
             "shootId": "shoot-1", "processedCount": done, "totalCount": total,
             "currentImage": f"IMG_{done:04}.jpg", "status": "completed" if done == total else "processing",
         })
-    await asyncio.wait_for(finished.wait(), 10)
+    await asyncio.wait_for(finished.wait(), 60)  # only if the server never delivers
     await laptop.close()
     await phone.close()
     return seen
 
 
 if __name__ == "__main__":
-    asyncio.run(main(sys.argv[1] if len(sys.argv) > 1 else "http://127.0.0.1:8080"))
+    args = parse(__doc__, "alice:laptop", "alice:phone")
+    asyncio.run(main(args.url, args.token, args.peer_token))

@@ -1,24 +1,25 @@
-"""An editor holding an edit lock (seed presence-locks-concurrency-ios.md) with tether.client.
+"""An editor holding an edit lock with tether.client.
 
 Alice takes the lock on a chapter and keeps it past its TTL (the client extends
 it at half the TTL); Bob is told at once that it is taken; when Alice is done,
 Bob gets it with a larger fencing token, so a storage that checks the token
 would refuse a late write from Alice.
 
-    python examples/editor_lock.py [http://127.0.0.1:8080]
+    python examples/editor_lock.py [URL] [--token ALICE] [--peer-token BOB]
 """
 
 from __future__ import annotations
 
 import asyncio
-import sys
+
+from cli_args import parse
 
 from tether.client import Client, LockTimeout
 
 
-async def main(url: str) -> tuple[int, int]:
-    alice = Client(url, "alice:desktop")
-    bob = Client(url, "bob:desktop")
+async def main(url: str, token: str = "alice:desktop", peer_token: str = "bob:desktop") -> tuple[int, int]:
+    alice = Client(url, token)
+    bob = Client(url, peer_token)
     await alice.connect()
     await bob.connect()
     async with alice.presence("chapter-1"), alice.lock("chapter-1", ttl=2) as lock:
@@ -42,4 +43,5 @@ async def main(url: str) -> tuple[int, int]:
 
 
 if __name__ == "__main__":
-    asyncio.run(main(sys.argv[1] if len(sys.argv) > 1 else "http://127.0.0.1:8080"))
+    args = parse(__doc__, "alice:desktop", "bob:desktop")
+    asyncio.run(main(args.url, args.token, args.peer_token))

@@ -8,7 +8,7 @@ import random
 import pytest
 
 from tests.helpers import RequestFailed, WsClient
-from tests.services import unique
+from tests.services import need_postgres, unique, with_query
 
 
 def docs_url(collection: str, doc_id: str = "") -> str:
@@ -162,9 +162,15 @@ async def test_concurrent_writers_never_lose_an_increment(shared_server) -> None
 
 
 async def test_two_nodes_on_one_database_never_lose_an_increment(server_factory, tmp_path) -> None:
-    """Two server processes share one SQLite file: only the conditional UPDATE keeps them honest."""
-    a = server_factory(data_dir=tmp_path / "shared")
-    b = server_factory(data_dir=tmp_path / "shared")
+    """Two server processes share one database: only the conditional UPDATE keeps them honest.
+
+    (Two nodes cannot share one SQLite data dir: the second is refused, so they share PostgreSQL.)"""
+    import asyncpg
+
+    schema = unique("twonodes_")
+    env = {"TETHER_DATABASE_URL": with_query(need_postgres(), schema=schema)}
+    a = server_factory(data_dir=tmp_path / "a", env=env)
+    b = server_factory(data_dir=tmp_path / "b", env=env)
     c, n = unique("c"), 16
     async with a.http("alice") as http:
         await http.post(docs_url(c), json={"id": "k", "data": {"count": 0}, "access": "members",
@@ -184,6 +190,11 @@ async def test_two_nodes_on_one_database_never_lose_an_increment(server_factory,
     await asyncio.gather(*(writer(i) for i in range(n)))
     async with b.http("alice") as http:
         final = (await http.get(docs_url(c, "k"))).json()
+    conn = await asyncpg.connect(need_postgres())
+    try:
+        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    finally:
+        await conn.close()
     assert final["data"]["count"] == 3 * n and final["version"] == 3 * n + 1
 
 

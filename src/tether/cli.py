@@ -24,7 +24,8 @@ def main() -> None:
 
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True, envvar=_env("host"), help="Address to bind.")
-@click.option("--port", default=8080, show_default=True, type=int, envvar=_env("port"), help="Port to bind.")
+@click.option("--port", default=8080, show_default=True, type=int, envvar=_env("port"),
+              help="Port to bind (1-65535).")
 @click.option("--data-dir", default="./tether-data", show_default=True, type=click.Path(path_type=Path),
               envvar=_env("data_dir"), help="Where the embedded SQLite database lives.")
 @click.option("--auth", type=click.Choice(["dev", "jwt"]), default=None, envvar=_env("auth"),
@@ -32,7 +33,8 @@ def main() -> None:
 @click.option("--jwt-secret", envvar=_env("jwt_secret"), help="HS256 secret for --auth jwt.")
 @click.option("--jwt-public-key", envvar=_env("jwt_public_key"), help="RS256/ES256 public key (PEM text or file).")
 @click.option("--api-key", envvar=_env("api_key"), help="Key that backends send as X-API-Key.")
-@click.option("--database-url", envvar=_env("database_url"), help="postgresql://… to store in PostgreSQL.")
+@click.option("--database-url", envvar=_env("database_url"),
+              help="postgresql://user:password@host/db to store in PostgreSQL (default: SQLite in --data-dir).")
 @click.option("--redis-url", envvar=_env("redis_url"), help="redis://… for broker, history, presence and locks.")
 @click.option("--redis-prefix", default="tether:", show_default=True, envvar=_env("redis_prefix"),
               help="Prefix of every Redis key and pub/sub channel (several services may share one Redis).")
@@ -40,16 +42,22 @@ def main() -> None:
               help="Seconds a REST heartbeat keeps a user present.")
 @click.option("--ping-interval", type=float, default=25.0, show_default=True, envvar=_env("ping_interval"),
               help="Seconds between server PINGs; silence for twice this closes a connection.")
-@click.option("--max-frame-bytes", type=int, default=64 * 1024, show_default=True, envvar=_env("max_frame_bytes"))
-@click.option("--max-subscriptions", type=int, default=256, show_default=True, envvar=_env("max_subscriptions"))
+@click.option("--max-frame-bytes", type=int, default=64 * 1024, show_default=True, envvar=_env("max_frame_bytes"),
+              help="Largest WebSocket frame a client may send.")
+@click.option("--max-subscriptions", type=int, default=256, show_default=True, envvar=_env("max_subscriptions"),
+              help="Channels one connection may subscribe to.")
 @click.option("--rate-per-connection", type=float, default=100.0, show_default=True, envvar=_env("rate_per_connection"),
               help="Requests per second a connection may sustain.")
-@click.option("--rate-burst", type=int, default=200, show_default=True, envvar=_env("rate_burst"))
-@click.option("--rate-per-user", type=float, default=300.0, show_default=True, envvar=_env("rate_per_user"))
+@click.option("--rate-burst", type=int, default=200, show_default=True, envvar=_env("rate_burst"),
+              help="Requests a connection may send at once above its sustained rate.")
+@click.option("--rate-per-user", type=float, default=300.0, show_default=True, envvar=_env("rate_per_user"),
+              help="Requests per second all of one user's connections may sustain together.")
 @click.option("--send-queue-frames", type=int, default=2000, show_default=True, envvar=_env("send_queue_frames"),
               help="Frames a connection may have waiting before it is closed as a slow consumer.")
-@click.option("--history-size", type=int, default=1000, show_default=True, envvar=_env("history_size"))
-@click.option("--history-ttl", type=float, default=3600.0, show_default=True, envvar=_env("history_ttl"))
+@click.option("--history-size", type=int, default=1000, show_default=True, envvar=_env("history_size"),
+              help="Events a channel keeps for recovery after a reconnect.")
+@click.option("--history-ttl", type=float, default=3600.0, show_default=True, envvar=_env("history_ttl"),
+              help="Seconds a channel's events stay recoverable.")
 @click.option("--device-ttl", type=float, default=30.0, show_default=True, envvar=_env("device_ttl"),
               help="Seconds a device stays online after its node stops heartbeating it (cluster).")
 @click.option("--retain-ended", type=float, default=5.0, show_default=True, envvar=_env("retain_ended"),
@@ -63,9 +71,14 @@ def main() -> None:
               help="Event types whose latest push is retained for devices that connect later: TYPE,...")
 @click.option("--message-types", default="text,prayer,scripture", show_default=True, envvar=_env("message_types"),
               help="Chat message types users may post in live sessions (the first is the default unless 'text').")
-@click.option("--channels-file", type=click.Path(path_type=Path, exists=True), envvar=_env("channels_file"),
+@click.option("--channels-file", type=click.Path(path_type=Path), envvar=_env("channels_file"),
               help="JSON list of namespace overrides (pattern, subscribe, publish, history_size, history_ttl).")
-@click.option("--log-level", default="info", show_default=True, envvar=_env("log_level"))
+@click.option("--cors-origins", envvar=_env("cors_origins"),
+              help="Comma-separated origins whose web pages may call /api and open /ws "
+                   "(e.g. https://app.example.com; '*' only with --auth dev). Default: same origin only.")
+@click.option("--log-level", default="info", show_default=True, envvar=_env("log_level"),
+              type=click.Choice(["debug", "info", "warning", "error", "critical"], case_sensitive=False),
+              help="Least severe log lines written (JSON, one a line, on stderr).")
 @click.option("--ws-transport", type=click.Choice(["native", "asgi"]), default="native", show_default=True,
               envvar=_env("ws_transport"),
               help="native: /ws straight from the socket (lean, fast); asgi: /ws through the ASGI app, "
@@ -77,12 +90,16 @@ def serve(ws_transport: str, **options: Any) -> None:
     from tether.core import logs
     from tether.core.config import Settings
     from tether.server.app import create_app
+    from tether.server import preflight
     from tether.server.wsproto import AsgiWebSocketProtocol, TetherWebSocketProtocol
 
     settings = Settings.from_env(**options)
     settings.check()
+    preflight.check(settings)
+    preflight.lock_data_dir(settings)
     logs.configure(settings.log_level)
     app = create_app(settings)
+    click.echo(preflight.banner(settings, ws_transport))
     uvicorn.run(
         app,
         host=settings.host,
@@ -109,18 +126,28 @@ def serve(ws_transport: str, **options: Any) -> None:
 @click.option("--secret", envvar=_env("jwt_secret"), required=True, help="HS256 secret (TETHER_JWT_SECRET).")
 def token(user: str, device: str | None, ttl: int, roles: tuple[str, ...], secret: str) -> None:
     """Mint an HS256 JWT for --auth jwt."""
+    import warnings
+
     from tether.core.auth import mint
 
-    click.echo(mint(secret, user, device=device, ttl=ttl, roles=list(roles)))
+    if len(secret.encode()) < 32:
+        click.echo(f"warning: the secret is {len(secret.encode())} bytes; HS256 wants at least 32 "
+                   f"(make one: python -c 'import secrets; print(secrets.token_urlsafe(48))')", err=True)
+    with warnings.catch_warnings():  # said once above, in one line, instead of PyJWT's warning
+        warnings.simplefilter("ignore")
+        click.echo(mint(secret, user, device=device, ttl=ttl, roles=list(roles)))
 
 
 @main.command()
 @click.argument("channel")
 @click.option("--url", default="http://127.0.0.1:8080", show_default=True, envvar="TETHER_URL", help="Server URL.")
-@click.option("--token", "tok", default="cli", show_default=True, envvar="TETHER_TOKEN", help="Token to connect with.")
-@click.option("--since", type=int, default=None, help="Replay from this offset (needs --epoch).")
-@click.option("--epoch", default=None, help="Epoch that --since belongs to.")
-@click.option("--count", type=int, default=0, help="Stop after this many events (0: never).")
+@click.option("--token", "tok", default="cli", show_default=True, envvar="TETHER_TOKEN",
+              help="Token to connect with (a dev server takes any user name; a JWT server: `tether token`).")
+@click.option("--since", type=click.IntRange(min=0), default=None,
+              help="Replay the events after this offset first (needs --epoch).")
+@click.option("--epoch", default=None, help="Epoch that --since belongs to (tail prints it when it subscribes).")
+@click.option("--count", type=click.IntRange(min=0), default=0,
+              help="Stop after this many events, replayed ones included (0: never).")
 def tail(channel: str, url: str, tok: str, since: int | None, epoch: str | None, count: int) -> None:
     """Print a channel's events as they arrive, one JSON line each (like `nats sub`)."""
     from tether.tools import tail as run
@@ -132,7 +159,8 @@ def tail(channel: str, url: str, tok: str, since: int | None, epoch: str | None,
 @click.argument("channel")
 @click.argument("data")
 @click.option("--url", default="http://127.0.0.1:8080", show_default=True, envvar="TETHER_URL", help="Server URL.")
-@click.option("--token", "tok", default="cli", show_default=True, envvar="TETHER_TOKEN", help="Token (Bearer).")
+@click.option("--token", "tok", default="cli", show_default=True, envvar="TETHER_TOKEN",
+              help="Token (Bearer; a dev server takes any user name; a JWT server: `tether token`).")
 @click.option("--api-key", envvar=_env("api_key"), help="Publish with the server API key instead of a token.")
 @click.option("--type", "etype", default="PUBLICATION", show_default=True, help="Event type.")
 def publish(channel: str, data: str, url: str, tok: str, api_key: str | None, etype: str) -> None:
@@ -144,17 +172,21 @@ def publish(channel: str, data: str, url: str, tok: str, api_key: str | None, et
 
 @main.command()
 @click.option("--database-url", envvar=_env("database_url"), help="postgresql://… (default: SQLite in --data-dir).")
-@click.option("--data-dir", default="./tether-data", show_default=True, type=click.Path(path_type=Path), envvar=_env("data_dir"))
+@click.option("--data-dir", default="./tether-data", show_default=True, type=click.Path(path_type=Path), envvar=_env("data_dir"),
+              help="Where the embedded SQLite database lives.")
 def migrate(database_url: str | None, data_dir: Path) -> None:
     """Create or update the database schema, then exit."""
     from tether.core.config import Settings
-    from tether.core.node import Node
-    from tether.features import DEFAULT_FEATURES
+    from tether.server import migrate as run
+    from tether.server import preflight
 
-    async def run() -> None:
-        node = Node(Settings.from_env(database_url=database_url, data_dir=data_dir), DEFAULT_FEATURES)
-        await node.start()
-        await node.stop()
+    settings = Settings.from_env(database_url=database_url, data_dir=data_dir)
+    preflight.check(settings, listen=False)
+    click.echo(asyncio.run(run.migrate(settings)))
 
-    asyncio.run(run())
-    click.echo("schema is up to date")
+
+# Every option with an environment twin shows it in --help ("[env var: TETHER_PORT]").
+for _command in main.commands.values():
+    for _param in _command.params:
+        if isinstance(_param, click.Option) and _param.envvar:
+            _param.show_envvar = True

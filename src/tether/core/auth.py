@@ -13,7 +13,8 @@ import jwt
 from tether.core.config import Settings
 from tether.wire.errors import TetherError
 
-_ID = re.compile(r"^[A-Za-z0-9_.@+\-]{1,128}$")
+ID_PATTERN = r"^[A-Za-z0-9_.@+\-]{1,128}$"  # user, device and other ids
+_ID = re.compile(ID_PATTERN)
 SERVER_USER = "server"
 #: User ids no token may carry: the API key's identity is "server", and a token naming it
 #: would otherwise share its records, channels and documents (compared case-insensitively).
@@ -67,9 +68,11 @@ class Authenticator:
             user, _, device = token.partition(":")
             device = device or "default"
             if not valid_id(user) or not valid_id(device):
+                looks_signed = token.count(".") == 2 and len(token) > 40  # a JWT sent to a dev server
                 raise TetherError(
                     "unauthorized",
-                    "dev token must be 'userId' or 'userId:deviceId' (letters, digits, _ . @ + -, up to 128)",
+                    ("this server runs --auth dev, where a token is not a JWT but " if looks_signed else "")
+                    + "dev token must be 'userId' or 'userId:deviceId' (letters, digits, _ . @ + -, up to 128)",
                 )
             _not_reserved(user)
             return Identity(user, device)
@@ -79,6 +82,11 @@ class Authenticator:
             )
         except jwt.ExpiredSignatureError:
             raise TetherError("unauthorized", "token expired: mint a new one") from None
+        except jwt.DecodeError as exc:
+            if token.count(".") != 2:  # e.g. a dev token ('alice:phone') sent to a JWT server
+                raise TetherError("unauthorized", "this server runs --auth jwt and the token is not a JWT: "
+                                                  "mint one with `tether token --user <id>`") from None
+            raise TetherError("unauthorized", f"invalid token: {exc}") from None
         except jwt.PyJWTError as exc:
             raise TetherError("unauthorized", f"invalid token: {exc}") from None
         user, device = str(claims["sub"]), str(claims.get("device_id") or "default")

@@ -42,6 +42,7 @@ class Settings:
     message_types: str = "text,prayer,scripture"  # chat message types a user may post (the first is the default)
     channels_file: Path | None = None  # JSON list of namespace overrides
     log_level: str = "info"
+    cors_origins: str | None = None  # comma-separated origins whose pages may call /api and /ws ("*": any, dev auth only)
 
     @classmethod
     def from_env(cls, **overrides: object) -> "Settings":

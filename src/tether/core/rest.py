@@ -6,9 +6,11 @@ Features declare their routes with FastAPI's ``APIRouter``; the server layer
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, Request
+from annotated_types import Ge
+from pydantic import BeforeValidator, Strict
 
 from tether.core.auth import Identity
 from tether.core.node import Node
@@ -23,6 +25,16 @@ def get_caller(request: Request) -> Identity:
     node: Node = request.app.state.node
     return node.auth.headers(request.headers.get("authorization"), request.headers.get("x-api-key"))
 
+
+def _whole(value: Any) -> Any:
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+# An integer body field: JSON has one number type, so 30.0 (Swift's JSONEncoder writes a Double so)
+# is 30; "30", true and 30.5 are refused.
+JsonInt = Annotated[int, Strict(), BeforeValidator(_whole)]
+# The same, at least 1 (bounds must sit inside the one Annotated to reach the JSON schema when optional).
+JsonVersion = Annotated[int, Strict(), Ge(1), BeforeValidator(_whole)]
 
 NodeDep = Annotated[Node, Depends(get_node)]
 Caller = Annotated[Identity, Depends(get_caller)]

@@ -17,7 +17,8 @@ from tether.wire.errors import bad_request, forbidden
 
 
 class PublishBody(BaseModel):
-    type: str = Field("PUBLICATION", description="UPPER_SNAKE_CASE event type")
+    type: str = Field("PUBLICATION", description="UPPER_SNAKE_CASE event type",
+                      json_schema_extra={"pattern": protocol.TYPE_RE.pattern})  # checked by the node (400)
     data: Any = Field(..., description="the event payload (any JSON)")
 
 

@@ -21,7 +21,6 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    StrictInt,
     StringConstraints,
     ValidationError,
 )
@@ -31,7 +30,7 @@ from tether.core.connection import Connection, Op
 from tether.core.idempotency import answer, scope
 from tether.core.namespaces import Namespace
 from tether.core.node import Feature
-from tether.core.rest import Caller, NodeDep
+from tether.core.rest import Caller, JsonVersion, NodeDep
 from tether.features.document_access import (
     Grant,
     document_channel,
@@ -88,8 +87,12 @@ Mode = Literal["private", "members", "public"]
 CollectionP = Annotated[str, Path(pattern=COLLECTION_PATTERN, description="collection name")]
 IdP = Annotated[str, Path(pattern=ID_PATTERN, description="document id")]
 IdemKey = Annotated[str | None, Header(alias="Idempotency-Key")]
-IfMatch = Annotated[str | None, Header(alias="If-Match")]
-IfNoneMatch = Annotated[str | None, Header(alias="If-None-Match")]
+# A version ETag ("3", W/"3" or 3), a comma list of them, or *: anything else is refused (400), not a mismatch.
+_ETAG = r'(W/)?"?[0-9]{1,18}"?'
+PRECONDITION_PATTERN = rf"^\s*(\*|{_ETAG}(\s*,\s*{_ETAG})*)\s*$"
+_PRECONDITION_RE = re.compile(PRECONDITION_PATTERN)
+IfMatch = Annotated[str | None, Header(alias="If-Match", json_schema_extra={"pattern": PRECONDITION_PATTERN})]
+IfNoneMatch = Annotated[str | None, Header(alias="If-None-Match", json_schema_extra={"pattern": PRECONDITION_PATTERN})]
 Limit = Annotated[int, Query(ge=1, le=MAX_LIMIT)]
 After = Annotated[str | None, Query(pattern=ID_PATTERN)]
 Version = Annotated[int | None, Query(ge=1)]
@@ -110,12 +113,12 @@ class CreateBody(_Body):
 
 class ReplaceBody(_Body):
     data: dict[str, Any]
-    version: StrictInt | None = Field(None, ge=1, description="the version this write is based on; stale -> 409")
+    version: JsonVersion | None = Field(None, description="the version this write is based on; stale -> 409")
 
 
 class PatchBody(_Body):
     data: dict[str, Any] | None = Field(None, description="a JSON merge patch (RFC 7386) applied to data")
-    version: StrictInt | None = Field(None, ge=1)
+    version: JsonVersion | None = Field(None)
 
 
 def invalid(field: str, message: str) -> TetherError:
@@ -166,6 +169,8 @@ def parse_if_match(header: str | None) -> list[str] | None:
     """``"3"``, ``W/"3"``, ``3`` or a comma list of them; ``*`` matches any existing version."""
     if header is None:
         return None
+    if not _PRECONDITION_RE.match(header):
+        raise TetherError("bad_request", f"If-Match/If-None-Match must be * or version ETags such as \"3\", not {header[:40]!r}")
     return [t.strip().removeprefix("W/").strip('"') for t in header.split(",") if t.strip()]
 
 

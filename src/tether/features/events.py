@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter, Header
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, StrictBool
 
 from tether.core.auth import valid_id
 from tether.core.connection import Op, holding_user_channel
@@ -220,9 +220,10 @@ class RedisRetainedStore(RetainedStore):
 # -- the feature ---------------------------------------------------------------
 
 class PushBody(BaseModel):
-    type: str = Field(..., description="UPPER_SNAKE_CASE event type, e.g. CREDIT_UPDATE")
+    type: str = Field(..., description="UPPER_SNAKE_CASE event type, e.g. CREDIT_UPDATE",
+                      json_schema_extra={"pattern": protocol.TYPE_RE.pattern})  # checked by the node (400)
     data: dict[str, Any] = Field(..., description="the event payload (a JSON object)")
-    retain: bool = Field(False, description="keep the latest event of this type for devices that connect later")
+    retain: StrictBool = Field(False, description="keep the latest event of this type for devices that connect later")
 
 
 class EventsFeature(Feature):
@@ -284,7 +285,10 @@ class EventsFeature(Feature):
             if etype in node.ops:
                 raise bad_request(f"'type': {etype} is a request of the protocol and cannot be pushed")
             data = self.rules.validate(etype, body.data)
-            size = len(dumps(data))
+            try:
+                size = len(dumps(data))
+            except TypeError as exc:  # e.g. nested deeper than JSON encoders go
+                raise bad_request(f"data cannot be sent: {exc}", status=422) from None
             if size > node.settings.max_frame_bytes:
                 raise TetherError("too_large", f"data is {size} bytes, over the {node.settings.max_frame_bytes}-byte limit")
 

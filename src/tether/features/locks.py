@@ -39,7 +39,7 @@ from tether.core.auth import Identity
 from tether.core.connection import Connection, Op
 from tether.core.namespaces import Namespace
 from tether.core.node import Feature
-from tether.core.rest import Caller
+from tether.core.rest import Caller, JsonInt
 from tether.storage.database import Database
 from tether.wire import protocol
 from tether.wire.errors import TetherError
@@ -412,12 +412,12 @@ def lock_event(lock: Lock) -> dict[str, Any]:
 
 
 class LockRequest(BaseModel):
-    ttl_seconds: int = Field(DEFAULT_TTL, ge=1, le=MAX_TTL, strict=True, description="seconds until the lock expires")
+    ttl_seconds: JsonInt = Field(DEFAULT_TTL, ge=1, le=MAX_TTL, description="seconds until the lock expires")
 
 
 class ExtendRequest(BaseModel):
     token: str = Field(..., min_length=1)
-    ttl_seconds: int = Field(DEFAULT_TTL, ge=1, le=MAX_TTL, strict=True)
+    ttl_seconds: JsonInt = Field(DEFAULT_TTL, ge=1, le=MAX_TTL)
 
 
 class UnlockRequest(BaseModel):

@@ -33,7 +33,7 @@ from fastapi import APIRouter, Body
 from pydantic import BaseModel, Field
 
 from tether.core import namespaces
-from tether.core.auth import Identity
+from tether.core.auth import Identity, valid_id
 from tether.core.connection import Connection
 from tether.core.namespaces import Namespace
 from tether.core.node import Feature
@@ -427,6 +427,8 @@ class PresenceFeature(Feature):
         @router.delete("/presence/{key}/{user_id}")
         async def leave(key: str, user_id: str, who: Caller) -> dict[str, Any]:
             """End this device's heartbeat (every REST heartbeat of the user with the API key). Answers `{}`."""
+            if not valid_id(user_id):
+                raise TetherError("bad_request", "'user_id' must be 1-128 letters, digits and _ . @ + -")
             await check(who, key, user_id)
             if who.is_server:
                 await self.leave(key, user_id, "rest:", prefix=True)

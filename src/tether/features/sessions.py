@@ -26,18 +26,19 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    StrictBool,
     StringConstraints,
     ValidationError,
     create_model,
     field_validator,
 )
 
-from tether.core.auth import Identity, valid_id
+from tether.core.auth import ID_PATTERN, Identity, valid_id
 from tether.core.connection import Connection, Op
 from tether.core.idempotency import scope
 from tether.core.namespaces import Namespace
 from tether.core.node import Feature
-from tether.core.rest import Caller, NodeDep
+from tether.core.rest import Caller, JsonInt, NodeDep
 from tether.storage.database import Queries, Row
 from tether.wire.errors import TetherError, forbidden, not_found
 from tether.wire.jsonutil import dumps, loads
@@ -102,12 +103,16 @@ SCHEMA = [
     "CREATE INDEX IF NOT EXISTS session_stream_messages_seq ON session_stream_messages (session_id, seq)",
 ]
 
-Title = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+# Not blank: a character outside every engine's whitespace (Python's, ECMA's in OpenAPI clients,
+# Rust's trim in pydantic), so all of them agree on what it accepts.
+NOT_BLANK = r"[^\s\x1c-\x1f\x85\ufeff]"
+User = Field(json_schema_extra={"pattern": ID_PATTERN})  # a user id, checked where it is used
+Title = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200, pattern=NOT_BLANK)]
 Description = Annotated[str, StringConstraints(max_length=2000)]
-Category = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=64)]
-Tag = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=32)]
+Category = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=64, pattern=NOT_BLANK)]
+Tag = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=32, pattern=NOT_BLANK)]
 Seats = Annotated[int, Field(ge=2, le=50)]
-UserName = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)]
+UserName = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100, pattern=NOT_BLANK)]
 
 
 def _dedupe(tags: list[str]) -> list[str]:
@@ -127,36 +132,36 @@ class SessionIn(BaseModel):
     category: Category = "General"
     max_participants: Seats = 10
     tags: Tags = []
-    is_private: bool = False
+    is_private: StrictBool = False
     user_name: UserName | None = Field(None, description="the host's display name (default: user id)")
-    user_id: str | None = Field(None, description="host, for the server API key only")
+    user_id: Annotated[str, User] | None = Field(None, description="host, for the server API key only")
 
 
 class SessionPatch(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    version: int | None = Field(None, description="the version this edit is based on: stale -> 409")
+    version: JsonInt | None = Field(None, description="the version this edit is based on: stale -> 409")
     title: Title | None = None
     description: Description | None = None
     category: Category | None = None
     max_participants: Seats | None = None
     tags: Tags | None = None
-    is_private: bool | None = Field(None, description="fixed at creation; only its current value is accepted")
+    is_private: StrictBool | None = Field(None, description="fixed at creation; only its current value is accepted")
 
 
 class JoinIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     user_name: UserName | None = None
-    user_id: str | None = None
+    user_id: Annotated[str, User] | None = None
 
 
 class LeaveIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    user_id: str | None = None
+    user_id: Annotated[str, User] | None = None
 
 
 class InviteIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    user_id: str
+    user_id: Annotated[str, User]  # checked by invite() (422)
 
 
 MAX_MESSAGE = 4000
@@ -164,9 +169,9 @@ MAX_MESSAGE = 4000
 
 class MessageIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    message: Annotated[str, StringConstraints(min_length=1, max_length=MAX_MESSAGE)]
+    message: Annotated[str, StringConstraints(min_length=1, max_length=MAX_MESSAGE, pattern=NOT_BLANK)]
     message_type: Literal["text", "prayer", "scripture"] = "text"  # the default types; see message_model
-    user_id: str | None = None
+    user_id: Annotated[str, User] | None = None
 
     @field_validator("message")
     @classmethod
@@ -764,8 +769,11 @@ class SessionsFeature(Feature):
             return await once(node, who, "rest:POST sessions", idempotency_key, lambda: d.create(who, body))  # type: ignore[no-any-return]
 
         @router.get("")
-        async def browse(who: Caller, q: str | None = Query(None), category: str | None = Query(None),
-                         tag: str | None = Query(None), limit: int = Query(20), after: str | None = Query(None)) -> dict[str, Any]:
+        async def browse(who: Caller, q: str | None = Query(None, max_length=200),
+                         category: str | None = Query(None, max_length=64), tag: str | None = Query(None, max_length=32),
+                         limit: int = Query(20, ge=1, le=100),
+                         after: str | None = Query(None, max_length=200, description="the previous page's 'next'",
+                                                   json_schema_extra={"pattern": r"^([^|]*\|.+)?$"})) -> dict[str, Any]:
             """Active sessions, newest first: public ones and the private ones you belong to or are invited to."""
             query = validate(ListQuery, {k: v for k, v in
                                          dict(q=q, category=category, tag=tag, limit=limit, after=after).items() if v is not None})
@@ -812,8 +820,8 @@ class SessionsFeature(Feature):
         router.post("/{session_id}/messages", status_code=201)(post)
 
         @router.get("/{session_id}/messages")
-        async def messages(session_id: str, who: Caller, before: int | None = Query(None), after: int | None = Query(None),
-                           limit: int = Query(50)) -> dict[str, Any]:
+        async def messages(session_id: str, who: Caller, before: int | None = Query(None, ge=0),
+                           after: int | None = Query(None, ge=0), limit: int = Query(50, ge=1, le=200)) -> dict[str, Any]:
             """Oldest first. ``before``/``after`` take a message ``seq``: older or newer pages, stable under new posts."""
             query = validate(MessagesQuery, {k: v for k, v in dict(before=before, after=after, limit=limit).items() if v is not None})
             return await d.messages(who, session_id, query)

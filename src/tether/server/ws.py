@@ -15,6 +15,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from tether.core.connection import Connection
 from tether.core.node import Node
+from tether.server import origins
 from tether.server.wsproto import EXTENSION
 from tether.wire.errors import TetherError
 from tether.wire.protocol import CLOSE_TOO_LARGE, CLOSE_UNAUTHORIZED
@@ -24,6 +25,10 @@ log = logging.getLogger("tether.ws")
 
 async def serve(websocket: WebSocket) -> None:
     node: Node = websocket.app.state.node
+    if not origins.websocket_allowed(websocket.headers.get("origin"), websocket.headers.get("host"),
+                                     origins.parse(node.settings.cors_origins)):
+        await websocket.close(1008)  # before accept: the server answers the upgrade with HTTP 403
+        return
     await websocket.accept()
     try:
         identity = node.auth.headers(

@@ -28,6 +28,7 @@ from websockets.frames import Frame, Opcode
 from websockets.http11 import Request
 
 from tether.core.connection import Connection
+from tether.server import origins
 from tether.server.native import NativeSocket, frame
 from tether.wire.errors import TetherError
 from tether.wire.protocol import CLOSE_UNAUTHORIZED
@@ -82,7 +83,11 @@ class TetherWebSocketProtocol(WebSocketsSansIOProtocol):
             return False
         self.request = request
         self.handshake_initiated = True
-        response = self.conn.accept(request)
+        if origins.websocket_allowed(request.headers.get("Origin"), request.headers.get("Host"),
+                                     origins.parse(node.settings.cors_origins)):
+            response = self.conn.accept(request)
+        else:
+            response = self.conn.reject(403, "this page's origin may not open /ws: add it to --cors-origins\n")
         if response.status_code != 101:
             self.handshake_complete = self.close_sent = True
             self.conn.send_response(response)

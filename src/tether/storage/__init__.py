@@ -14,10 +14,14 @@ __all__ = ["Database", "Row", "open_database"]
 
 
 async def open_database(url: str | None, data_dir: Path) -> Database:
-    if url and url.startswith(("postgres://", "postgresql://")):
+    if url:
+        scheme, _, rest = url.partition("://")
+        if scheme.lower() not in ("postgres", "postgresql", "postgresql+asyncpg"):
+            # never fall back to SQLite on a typo: the operator asked for another database
+            raise ValueError(f"unsupported database URL scheme {scheme!r}: use postgresql://")
         from tether.storage.postgres import PostgresDatabase
 
-        db: Database = await PostgresDatabase.open(url)
+        db: Database = await PostgresDatabase.open("postgresql://" + rest)
     else:
         from tether.storage.sqlite import SQLiteDatabase
 

@@ -1,0 +1,193 @@
+"""`tether serve` refuses a configuration that cannot work: one line, non-zero, nothing created; then a banner."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import ServerProcess, free_port
+from tests.services import need_postgres, need_redis, unique, with_query
+
+EMBEDDED = {"TETHER_DATABASE_URL": "", "TETHER_REDIS_URL": ""}
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TETHER_")}
+    return {**env, **extra}
+
+
+def serve(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "tether", "serve", *args], env=env or clean_env(), cwd=cwd,
+                          capture_output=True, text=True, timeout=60)
+
+
+def drop_schema(url: str) -> None:
+    import asyncio
+    from urllib.parse import parse_qs, urlsplit
+
+    import asyncpg
+
+    schema = parse_qs(urlsplit(url).query)["schema"][0]
+
+    async def drop() -> None:
+        conn = await asyncpg.connect(url.split("?")[0])
+        try:
+            await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        finally:
+            await conn.close()
+
+    asyncio.run(drop())
+
+
+def assert_refused(result: subprocess.CompletedProcess[str], *words: str) -> str:
+    out = (result.stdout + result.stderr).strip()
+    assert result.returncode != 0, out
+    assert "Traceback" not in out, out
+    assert len(out.splitlines()) == 1, out
+    assert out.startswith("refusing to start: "), out
+    for word in words:
+        assert word in out, out
+    return out
+
+
+@pytest.mark.parametrize("url, words", [
+    ("mysql://root@localhost/db", ["mysql://", "postgresql://"]),
+    ("sqlite:///tmp/x.db", ["sqlite://"]),
+    ("localhost:5432", ["not supported"]),
+])
+def test_unknown_database_scheme_is_refused(tmp_path: Path, url: str, words: list[str]) -> None:
+    data = tmp_path / "data"
+    assert_refused(serve("--database-url", url, "--data-dir", str(data), "--port", str(free_port())), *words)
+    assert not data.exists()  # it did not fall back to SQLite
+
+
+@pytest.mark.parametrize("port", ["83845", "0", "-1", "65536"])
+def test_port_outside_range_is_refused(tmp_path: Path, port: str) -> None:
+    data = tmp_path / "data"
+    assert_refused(serve("--port", port, "--data-dir", str(data)), "--port", "1-65535")
+    assert not data.exists()
+
+
+def test_data_dir_that_is_a_file_or_under_a_file_is_refused(tmp_path: Path) -> None:
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    assert_refused(serve("--data-dir", str(afile), "--port", str(free_port())), "is a file")
+    assert_refused(serve("--data-dir", str(afile / "sub"), "--port", str(free_port())), "is a file")
+    assert afile.read_text() == "x"
+
+
+def test_unusable_data_dir_is_refused(tmp_path: Path) -> None:
+    assert_refused(serve("--data-dir", "/proc/tether-data", "--port", str(free_port())), "--data-dir")
+
+
+def test_unreachable_postgres_and_redis_are_refused_with_password_masked(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    dead = free_port()
+    out = assert_refused(serve("--database-url", f"postgresql://u:hunter2@127.0.0.1:{dead}/db", "--data-dir", str(data),
+                               "--port", str(free_port())), "PostgreSQL", "--database-url")
+    assert "hunter2" not in out and "***" in out
+    assert_refused(serve("--redis-url", f"redis://127.0.0.1:{dead}/0", "--data-dir", str(data),
+                         "--port", str(free_port())), "Redis", "--redis-url")
+    assert not data.exists()
+
+
+@pytest.mark.parametrize("content, words", [
+    ('{"pattern": "a.*"}', ["JSON list"]),
+    ("not json", ["channels file"]),
+    ('[{"pattern": "a.*", "subscribe": "everyone"}]', ["subscribe must be one of"]),
+    ('[{"subscribe": "any"}]', ["pattern"]),
+])
+def test_bad_channels_file_is_refused(tmp_path: Path, content: str, words: list[str]) -> None:
+    path, data = tmp_path / "channels.json", tmp_path / "data"
+    path.write_text(content)
+    assert_refused(serve("--channels-file", str(path), "--data-dir", str(data), "--port", str(free_port())), *words)
+    assert_refused(serve("--channels-file", str(tmp_path / "missing.json"), "--data-dir", str(data),
+                         "--port", str(free_port())), "missing.json")
+    assert not data.exists()
+
+
+def test_cors_star_needs_dev_auth(tmp_path: Path) -> None:
+    secret = "s" * 40
+    assert_refused(serve("--cors-origins", "*", "--auth", "jwt", "--jwt-secret", secret, "--data-dir", str(tmp_path / "d"),
+                         "--port", str(free_port())), "--cors-origins")
+    assert_refused(serve("--cors-origins", "app.example.com", "--data-dir", str(tmp_path / "d"),
+                         "--port", str(free_port())), "scheme://host")
+
+
+def test_second_node_on_a_served_data_dir_is_refused(server_factory, tmp_path: Path) -> None:
+    first = server_factory(data_dir=tmp_path / "shared", env=EMBEDDED)
+    out = assert_refused(serve("--data-dir", str(first.data_dir), "--port", str(free_port())), "already served")
+    assert str(first.proc.pid) in out  # type: ignore[union-attr]
+    # killed without a goodbye, the lock goes with the process: the data dir is free again
+    first.kill()
+    again = ServerProcess(first.data_dir, env=EMBEDDED)
+    try:
+        again.start()
+    finally:
+        again.kill()
+
+
+def test_port_in_use_is_refused(server_factory, tmp_path: Path) -> None:
+    first = server_factory()
+    assert_refused(serve("--port", str(first.port), "--data-dir", str(tmp_path / "other")), "already in use")
+    assert not (tmp_path / "other").exists()
+
+
+def test_banner_says_version_auth_storage_broker_key_and_urls(tmp_path: Path) -> None:
+    from tether import __version__
+
+    pg, redis_url = with_query(need_postgres(), schema=unique("banner_")), need_redis()
+    port = free_port()
+    masked = pg.replace("postgres@", "postgres:hunter2@", 1)
+    proc = subprocess.Popen([sys.executable, "-m", "tether", "serve", "--port", str(port), "--data-dir", str(tmp_path / "d"),
+                             "--database-url", masked, "--redis-url", redis_url, "--redis-prefix", f"banner{port}:"],
+                            env=clean_env(TETHER_API_KEY="k", TETHER_LOG_LEVEL="warning"),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert proc.stdout is not None
+        lines: list[str] = []
+        for line in proc.stdout:
+            lines.append(line.rstrip())
+            if "ws:" in line:
+                break
+        banner = "\n".join(lines)
+    finally:
+        proc.kill()
+        proc.wait()
+        drop_schema(pg)
+    assert f"Tether {__version__}" in banner, banner
+    assert "auth:     dev" in banner
+    assert "PostgreSQL postgresql://postgres:***@" in banner and "hunter2" not in banner
+    assert "broker:   Redis redis://127.0.0.1:6379" in banner
+    assert "API key:  set" in banner
+    for url in (f"http://127.0.0.1:{port}/", f"http://127.0.0.1:{port}/docs", f"ws://127.0.0.1:{port}/ws"):
+        assert url in banner, banner
+
+
+def test_postgresql_asyncpg_scheme_is_accepted(tmp_path: Path) -> None:
+    pg = with_query(need_postgres(), schema=unique("asyncpg_"))
+    try:
+        out = subprocess.run([sys.executable, "-m", "tether", "migrate", "--database-url",
+                              pg.replace("postgresql://", "postgresql+asyncpg://", 1)],
+                             env=clean_env(), capture_output=True, text=True, timeout=60)
+    finally:
+        drop_schema(pg)
+    assert out.returncode == 0, out.stderr
+    assert "PostgreSQL postgresql://" in out.stdout
+
+
+def test_migrate_on_an_empty_dir_says_what_it_created(tmp_path: Path) -> None:
+    def migrate() -> str:
+        out = subprocess.run([sys.executable, "-m", "tether", "migrate", "--data-dir", str(tmp_path / "d")],
+                             env=clean_env(), capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        return out.stdout
+
+    first = migrate()
+    assert "created" in first and "documents" in first and "sessions" in first, first
+    second = migrate()
+    assert "up to date" in second and "created" not in second, second
