@@ -25,8 +25,10 @@ BLANK = "/__tether_client_test__"
 NETWORK_NOISE = ("WebSocket connection to", "Failed to load resource", "ERR_CONNECTION_REFUSED")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
+    # Module, not session: a sync Playwright keeps an event loop running in this thread until it
+    # stops, and the asyncio tests that a worker runs after the browser tests need the thread free.
     with sync_playwright() as p:
         b = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS, headless=True)
         yield b

@@ -12,17 +12,10 @@ from playwright.sync_api import Browser, Page, expect
 from websockets.sync.client import connect as ws_connect
 
 from tests.browser.test_web_app import check_accessible, shot
-from tests.browser.web_support import Users, chromium
+from tests.browser.web_support import Users
 from tests.helpers import API_KEY, ServerProcess
 
 UNAUTHORIZED = ("the server responded with a status of 401", "the server responded with a status of 403")
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    """One Chromium per module, closed at the module's end: a sync Playwright left running for
-    the whole session keeps an event loop marked running, and later asyncio tests then fail."""
-    yield from chromium()
 
 
 @pytest.fixture

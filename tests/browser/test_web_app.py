@@ -20,7 +20,7 @@ import pytest
 from playwright.sync_api import Browser, Page, expect
 from websockets.sync.client import connect as ws_connect
 
-from tests.browser.web_support import Users, chromium
+from tests.browser.web_support import Users
 from tests.helpers import API_KEY, ServerProcess
 
 NOT_FOUND = "the server responded with a status of 404"
@@ -28,13 +28,6 @@ CONFLICT = "the server responded with a status of 409"
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "web-app"
 INTERACTIVE = {"button", "link", "textbox", "searchbox", "combobox", "checkbox", "spinbutton",
                "progressbar", "slider", "listbox", "radio", "switch", "tab", "menuitem"}
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    """One Chromium per module, closed at the module's end: a sync Playwright left running for
-    the whole session keeps an event loop marked running, and later asyncio tests then fail."""
-    yield from chromium()
 
 
 @pytest.fixture

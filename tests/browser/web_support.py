@@ -3,26 +3,9 @@ browsers), console errors of every page collected for the final assertion."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from playwright.sync_api import (
-    Browser,
-    BrowserContext,
-    ConsoleMessage,
-    Page,
-    sync_playwright,
-)
-
-from tests.browser.conftest import CHROMIUM_ARGS
-
-
-def chromium() -> Iterator[Browser]:
-    """Debian's Chromium, for a module-scoped fixture (see the fixtures in the test modules)."""
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS, headless=True)
-        yield b
-        b.close()
+from playwright.sync_api import Browser, BrowserContext, ConsoleMessage, Page
 
 
 @dataclass

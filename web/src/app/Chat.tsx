@@ -78,7 +78,7 @@ export function Chat(props: { id: string; session: Session; canPost: boolean; si
   useEffect(() => {
     let watch: { close(): Promise<void> } | null = null;
     let gone = false;
-    serially(client, () => client.streams.watch(`sessions.${id}`, (views: StreamView[]) => setStreams([...views]))).then(
+    serially(client, `sessions.${id}`, () => client.streams.watch(`sessions.${id}`, (views: StreamView[]) => setStreams([...views]))).then(
       (w) => (gone ? void w?.close() : (watch = w)),
       () => {},
     );

@@ -190,7 +190,7 @@ export function follow(
   handler: (e: TetherEvent) => void,
   opts: { presence?: boolean; onReload?: (channel: string) => void } = {},
 ): () => void {
-  const made = serially(client, () => client.subscribe(channel, handler, opts)).catch(() => null);
+  const made = serially(client, channel, () => client.subscribe(channel, handler, opts)).catch(() => null);
   const drop = () => {
     const sub = client.subscription(channel);
     if (!sub) return;
@@ -205,15 +205,17 @@ export function follow(
   };
 }
 
-const queues = new WeakMap<Client, Promise<unknown>>();
+const queues = new WeakMap<Client, Map<string, Promise<unknown>>>();
 
 /**
- * Run subscribe-like calls of one client one after the other: two subscribe() calls for the
- * same channel racing each other would each make a subscription, and the handlers of the first
- * would never hear anything.
+ * Run subscribe-like calls for one channel of one client one after the other: two subscribe()
+ * calls for the same channel racing each other would each make a subscription, and the
+ * handlers of the first would never hear anything. Other channels do not wait.
  */
-export function serially<T>(client: Client, fn: () => Promise<T>): Promise<T> {
-  const run = (queues.get(client) ?? Promise.resolve()).then(fn, fn);
-  queues.set(client, run.catch(() => undefined));
+export function serially<T>(client: Client, channel: string, fn: () => Promise<T>): Promise<T> {
+  let perChannel = queues.get(client);
+  if (!perChannel) queues.set(client, (perChannel = new Map()));
+  const run = (perChannel.get(channel) ?? Promise.resolve()).then(fn, fn);
+  perChannel.set(channel, run.catch(() => undefined));
   return run;
 }
