@@ -58,6 +58,8 @@ def main() -> None:
               help="Events a channel keeps for recovery after a reconnect.")
 @click.option("--history-ttl", type=float, default=3600.0, show_default=True, envvar=_env("history_ttl"),
               help="Seconds a channel's events stay recoverable.")
+@click.option("--history-sweep", type=float, default=60.0, show_default=True, envvar=_env("history_sweep"),
+              help="Seconds between sweeps that delete channel history older than its window (quiet channels too).")
 @click.option("--device-ttl", type=float, default=30.0, show_default=True, envvar=_env("device_ttl"),
               help="Seconds a device stays online after its node stops heartbeating it (cluster).")
 @click.option("--retain-ended", type=float, default=5.0, show_default=True, envvar=_env("retain_ended"),
@@ -83,16 +85,33 @@ def main() -> None:
               envvar=_env("ws_transport"),
               help="native: /ws straight from the socket (lean, fast); asgi: /ws through the ASGI app, "
                    "as under any other ASGI server.")
+@click.option("--idempotency-ttl", type=float, default=24 * 3600.0, show_default=True, envvar=_env("idempotency_ttl"),
+              help="Seconds the first answer of a request with an idempotency key is kept.")
+@click.option("--node-id", envvar=_env("node_id"), help="This node's name in the admin API. Default: hostname:port.")
+@click.option("--drain-timeout", type=click.FloatRange(min=1), default=30.0, show_default=True, envvar=_env("drain_timeout"),
+              help="On SIGTERM the node exits (code 0) at most this many seconds later, drained or not.")
+@click.option("--drain-delay", type=click.FloatRange(min=0), default=0.0, show_default=True, envvar=_env("drain_delay"),
+              help="Seconds /healthz answers 503 before clients are closed with 1012, so that a load "
+                   "balancer which cannot retry a refused upgrade stops sending new clients first.")
+@click.option("--config", "config", type=click.Path(path_type=Path, dir_okay=False), envvar=_env("config"),
+              help="TOML file of settings (keys as in `tether config`). Flags and TETHER_* variables override it.")
 def serve(ws_transport: str, **options: Any) -> None:
     """Run a Tether server (embedded SQLite + in-process broker unless URLs are set)."""
-    import uvicorn
 
     from tether.core import logs
     from tether.core.config import Settings
     from tether.server.app import create_app
     from tether.server import preflight
+    from tether.server.drain import run
     from tether.server.wsproto import AsgiWebSocketProtocol, TetherWebSocketProtocol
 
+    config_file = options.pop("config", None)
+    if config_file is not None:  # its values replace the defaults only: flag > env > file > default
+        from tether.configfile import resolve
+
+        resolved, _ = resolve(click.get_current_context(), config_file)
+        ws_transport = resolved.pop("ws_transport")
+        options.update({k: v for k, v in resolved.items() if k in options})
     settings = Settings.from_env(**options)
     settings.check()
     preflight.check(settings)
@@ -100,7 +119,7 @@ def serve(ws_transport: str, **options: Any) -> None:
     logs.configure(settings.log_level)
     app = create_app(settings)
     click.echo(preflight.banner(settings, ws_transport))
-    uvicorn.run(
+    run(  # uvicorn, except that SIGTERM drains the node (server/drain.py)
         app,
         host=settings.host,
         port=settings.port,
@@ -115,7 +134,28 @@ def serve(ws_transport: str, **options: Any) -> None:
         access_log=False,
         lifespan="on",
         timeout_graceful_shutdown=5,
+        drain_timeout=settings.drain_timeout,
+        drain_delay=settings.drain_delay,
     )
+
+
+def _show_config(reference: bool, **_: Any) -> None:
+    from tether.configfile import reference as table, render, resolve
+
+    ctx = click.get_current_context()
+    if reference:
+        click.echo(table(serve))
+        return
+    values, sources = resolve(ctx, ctx.params.get("config"))
+    click.echo(render(values, sources))
+
+
+# `tether config` takes every option of `tether serve` and prints what serve would run with.
+main.add_command(click.Command(
+    "config", callback=_show_config,
+    params=[*serve.params, click.Option(["--reference"], is_flag=True, help="Print the settings reference (Markdown).")],
+    help="Print the effective configuration (flag > TETHER_* > --config file > default), secrets masked.",
+))
 
 
 @main.command()

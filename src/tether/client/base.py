@@ -21,10 +21,11 @@ from typing import Any, Awaitable, Callable, Literal
 import httpx
 
 from tether.client.backoff import Backoff, Pacer
-from tether.client.errors import ClientError, Disconnected, Failed, ServerError
+from tether.client.errors import ClientError, Disconnected, DisconnectedByServer, Failed, ServerError
 from tether.client.link import CLOSE_TOKEN_EXPIRED, CLOSE_UNAUTHORIZED, Link
 from tether.client.outbox import Entry, Outbox, open_db
 from tether.client.store import Store
+from tether.wire.protocol import CLOSE_OPERATOR, CLOSE_RESTART
 
 
 log = logging.getLogger("tether.client")
@@ -107,6 +108,7 @@ class BaseClient:
         ping_interval: float | None = None,
         debounce: float = 0.05,
         resume: bool = True,
+        restart_jitter: float = 2.0,
     ) -> None:
         # Several URLs (the nodes of a cluster without a load balancer): after a failed
         # attempt or a dropped link the client moves on to the next one.
@@ -122,6 +124,10 @@ class BaseClient:
         self.request_timeout = request_timeout
         self.ping_interval = ping_interval
         self.resume = resume
+        # A draining node closes with 1012: reconnect after uniform(0, restart_jitter) seconds, not the
+        # backoff, so its clients come back at once yet spread (no herd on the other nodes).
+        self.restart_jitter = restart_jitter
+        self.disconnect: dict[str, Any] | None = None  # the last DISCONNECT {reason, reconnect} the server sent
         self.db = open_db(store)
         self.outbox = Outbox(self.db)
         self.store = Store(self.db, self.outbox, debounce=debounce)
@@ -299,7 +305,15 @@ class BaseClient:
             if link.close_code in (CLOSE_UNAUTHORIZED, CLOSE_TOKEN_EXPIRED) and not await self._reauth():
                 self._fail(ServerError("unauthorized", link.close_reason, 401))
                 return
+            if link.close_code == CLOSE_OPERATOR:
+                self.disconnect = link.disconnect or {"reason": link.close_reason, "reconnect": False}
+                if self.disconnect.get("reconnect") is not True:
+                    self._fail(DisconnectedByServer(str(self.disconnect.get("reason") or link.close_reason)))
+                    return
             self._set_state("reconnecting")
+            if link.close_code == CLOSE_RESTART:
+                await self.sleep(self.backoff.random() * self.restart_jitter)
+                continue
             if not await self._pause():
                 self._fail(Failed(f"gave up after {self.backoff.attempt} attempts"))
                 return

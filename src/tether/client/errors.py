@@ -42,6 +42,15 @@ class Failed(ClientError):
     """The client gave up: attempts exhausted, or the token was refused and could not be refreshed."""
 
 
+class DisconnectedByServer(Failed):
+    """An operator disconnected this user (``DISCONNECT {reason, reconnect: false}``, close 4100):
+    the client stays ``failed`` rather than reconnecting; ``reason`` is what the operator said."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"disconnected by the server: {reason}")
+        self.reason = reason
+
+
 class Conflict(ClientError):
     """``update_with_retry`` still hit version conflicts after its last retry."""
 

@@ -44,6 +44,7 @@ class Link:
         self.last_rx = time.monotonic()
         self.close_code: int | None = None
         self.close_reason = ""
+        self.disconnect: dict[str, Any] | None = None  # a DISCONNECT frame's data: why the server is closing
         self._replies: dict[str, tuple[asyncio.Future[dict[str, Any]], OnAck | None]] = {}
         self._closed = asyncio.Event()
         self._tasks = [asyncio.create_task(self._read()), asyncio.create_task(self._keepalive())]
@@ -165,6 +166,9 @@ class Link:
                             fut.set_result(data)
                     elif not fut.done():
                         fut.set_exception(ServerError(data.get("code", "unavailable"), data.get("message", ""), None, data))
+                elif ftype == "DISCONNECT":
+                    self.disconnect = frame.get("data") or {}
+                    self.on_frame(frame)
                 elif ftype == "PING":
                     await self.send("PONG", {"timestamp": (frame.get("data") or {}).get("timestamp")})
                 elif ftype != "PONG":

@@ -107,7 +107,9 @@ class Authenticator:
             raise TetherError("unauthorized", "wrong X-API-Key")
         return Identity(SERVER_USER, "server", frozenset({"admin"}), is_server=True)
 
-    def headers(self, authorization: str | None, api_key: str | None, query_token: str | None = None) -> Identity:
+    def headers(self, authorization: str | None, api_key: str | None, query_token: str | None = None,
+                query_api_key: str | None = None) -> Identity:
+        api_key = api_key or query_api_key  # ?api_key= on /ws: a browser cannot set headers on a WebSocket
         if api_key:
             return self.api(api_key)
         token = query_token

@@ -43,6 +43,9 @@ class Settings:
     channels_file: Path | None = None  # JSON list of namespace overrides
     log_level: str = "info"
     cors_origins: str | None = None  # comma-separated origins whose pages may call /api and /ws ("*": any, dev auth only)
+    node_id: str | None = None  # how this node is named in the admin API; default "{hostname}:{port}"
+    drain_timeout: float = 30.0  # SIGTERM -> exit at most this many seconds later
+    drain_delay: float = 0.0  # seconds /healthz fails before clients are closed (load balancers notice)
 
     @classmethod
     def from_env(cls, **overrides: object) -> "Settings":

@@ -17,6 +17,7 @@ class Metrics:
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry()
         self.connections = Gauge("tether_connections", "Open WebSocket connections", registry=r)
+        self.connections_opened = Counter("tether_connections_opened", "WebSocket connections opened", registry=r)
         self.messages_in = Counter("tether_messages_in", "Frames received from clients", ["type"], registry=r)
         self.messages_out = Counter("tether_messages_out", "Frames written to clients", registry=r)
         self.deliveries = Counter("tether_deliveries", "Channel events delivered to connections", registry=r)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import time
 from typing import Any, Awaitable, Callable
 
@@ -68,6 +69,9 @@ class Node:
         self._user_buckets: dict[str, TokenBucket] = {}
         self._keepalive_task: asyncio.Task[None] | None = None
         self.started = False
+        # Set when the node drains (SIGTERM): /healthz fails and new WebSockets are refused with 503.
+        self.draining = False
+        self.id = settings.node_id or f"{socket.gethostname()}:{settings.port}"
 
     async def _local_connections(self, user_id: str) -> int:
         return len(self.users.get(user_id, ()))
@@ -126,6 +130,18 @@ class Node:
     async def healthy(self) -> bool:
         return self.started and await self.db.healthy() and await self.broker.healthy()
 
+    async def health(self) -> dict[str, str]:
+        """Each check by name: "ok", or what is wrong (for /healthz and the admin API)."""
+        if not self.started:
+            return {"node": "starting"}
+        redis = "not configured"
+        if self.settings.redis_url:
+            redis = "ok" if await self.broker.healthy() else "unreachable"
+            database = "ok" if await self.db.healthy() else "unreachable"
+        else:  # the embedded broker keeps history in the database: its check is the database's
+            database = "ok" if await self.db.healthy() and await self.broker.healthy() else "unreachable"
+        return {"database": database, "redis": redis, "draining": "yes" if self.draining else "no"}
+
     # -- the one event path ---------------------------------------------------
 
     async def publish(self, channel: str, type: str, data: Any, *, exclude: str | None = None) -> Position:
@@ -150,6 +166,7 @@ class Node:
         self.connections[conn.id] = conn
         self.users.setdefault(conn.user_id, {})[conn] = None
         self.metrics.connections.inc()
+        self.metrics.connections_opened.inc()
         conn.send(protocol.frame("CONNECTED", {
             "userId": conn.user_id,
             "deviceId": conn.device_id,

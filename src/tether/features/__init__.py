@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from tether.core.node import Feature
+from tether.features.admin import AdminFeature
 from tether.features.channels import ChannelsFeature
 from tether.features.devices import DevicesFeature
 from tether.features.documents import DocumentsFeature
@@ -16,5 +17,5 @@ from tether.features.streams import StreamsFeature
 #: What every node runs, in start order.
 DEFAULT_FEATURES: list[type[Feature]] = [
     ChannelsFeature, PresenceFeature, LocksFeature, DocumentsFeature,
-    SessionsFeature, NotesFeature, EventsFeature, DevicesFeature, StreamsFeature,
+    SessionsFeature, NotesFeature, EventsFeature, DevicesFeature, StreamsFeature, AdminFeature,
 ]

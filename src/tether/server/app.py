@@ -18,6 +18,16 @@ from tether.server.openapi import install_openapi
 from tether.server.pages import install_pages
 
 
+async def readiness(node: Node) -> Response:
+    checks = await node.health()
+    wrong = [f"{name} {state}" for name, state in checks.items() if state not in ("ok", "no", "not configured")]
+    if not wrong:
+        return JSONResponse({"status": "ok", "node": node.id, "checks": checks})
+    if node.draining:
+        wrong = ["draining: this node is shutting down, connect elsewhere"] + [w for w in wrong if not w.startswith("draining")]
+    return JSONResponse(error_body("unavailable", "; ".join(wrong), node=node.id, checks=checks), status_code=503)
+
+
 def create_app(settings: Settings, features: list[type[Feature]] | None = None) -> FastAPI:
     node = Node(settings, DEFAULT_FEATURES if features is None else features)
 
@@ -49,9 +59,20 @@ def create_app(settings: Settings, features: list[type[Feature]] | None = None) 
 
     @app.get("/healthz", tags=["ops"])
     async def healthz(request: Request) -> Response:
-        if await node.healthy():
-            return JSONResponse({"status": "ok"})
-        return JSONResponse(error_body("unavailable", "storage or broker is unreachable"), status_code=503)
+        """Readiness: 200 when this node should get traffic; 503 naming what is wrong
+        (database, Redis, draining) when it should not."""
+        return await readiness(node)
+
+    @app.get("/readyz", tags=["ops"])
+    async def readyz(request: Request) -> Response:
+        """The same check as /healthz, under the name Kubernetes-style probes expect."""
+        return await readiness(node)
+
+    @app.get("/livez", tags=["ops"])
+    async def livez() -> Response:
+        """Liveness: 200 while the process answers at all (also while draining or cut off
+        from its database); restart the node only when this fails."""
+        return JSONResponse({"status": "alive", "node": node.id})
 
     @app.get("/metrics", tags=["ops"])
     async def metrics() -> Response:

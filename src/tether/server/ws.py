@@ -11,12 +11,14 @@ import asyncio
 import contextlib
 import logging
 
+from starlette.responses import JSONResponse
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from tether.core.connection import Connection
 from tether.core.node import Node
 from tether.server import origins
-from tether.server.wsproto import EXTENSION
+from tether.server.http import error_body
+from tether.server.wsproto import DRAINING, EXTENSION
 from tether.wire.errors import TetherError
 from tether.wire.protocol import CLOSE_TOO_LARGE, CLOSE_UNAUTHORIZED
 
@@ -25,6 +27,12 @@ log = logging.getLogger("tether.ws")
 
 async def serve(websocket: WebSocket) -> None:
     node: Node = websocket.app.state.node
+    if node.draining:  # refused with 503 before the handshake, as the native transport does
+        if "websocket.http.response" in websocket.scope.get("extensions", {}):
+            await websocket.send_denial_response(JSONResponse(error_body("unavailable", DRAINING), status_code=503))
+        else:
+            await websocket.close(1013, DRAINING)
+        return
     if not origins.websocket_allowed(websocket.headers.get("origin"), websocket.headers.get("host"),
                                      origins.parse(node.settings.cors_origins)):
         await websocket.close(1008)  # before accept: the server answers the upgrade with HTTP 403
@@ -35,6 +43,7 @@ async def serve(websocket: WebSocket) -> None:
             websocket.headers.get("authorization"),
             websocket.headers.get("x-api-key"),
             websocket.query_params.get("token"),
+            websocket.query_params.get("api_key"),
         )
     except TetherError as exc:
         await websocket.close(CLOSE_UNAUTHORIZED, f"unauthorized: {exc.message}"[:120])

@@ -37,6 +37,8 @@ NATIVE_PATH = "/ws"
 
 EXTENSION = "tether.send_frames"
 
+DRAINING = "draining: this node is shutting down, connect to another one"
+
 def find_node(app: Any) -> Any:
     """The Tether node behind uvicorn's middleware wrappers (``app.state.node``), or None."""
     for _ in range(10):
@@ -83,8 +85,10 @@ class TetherWebSocketProtocol(WebSocketsSansIOProtocol):
             return False
         self.request = request
         self.handshake_initiated = True
-        if origins.websocket_allowed(request.headers.get("Origin"), request.headers.get("Host"),
-                                     origins.parse(node.settings.cors_origins)):
+        if node.draining:  # a load balancer that has not noticed yet retries elsewhere on a 503
+            response = self.conn.reject(503, DRAINING + "\n")
+        elif origins.websocket_allowed(request.headers.get("Origin"), request.headers.get("Host"),
+                                       origins.parse(node.settings.cors_origins)):
             response = self.conn.accept(request)
         else:
             response = self.conn.reject(403, "this page's origin may not open /ws: add it to --cors-origins\n")
@@ -99,8 +103,10 @@ class TetherWebSocketProtocol(WebSocketsSansIOProtocol):
         self.conn.send_response(response)
         self.handshake_complete = True
         try:
-            token = parse_qs(query).get("token", [None])[-1] if query else None
-            identity = node.auth.headers(request.headers.get("authorization"), request.headers.get("x-api-key"), token)
+            params = parse_qs(query) if query else {}
+            token = params.get("token", [None])[-1]
+            identity = node.auth.headers(request.headers.get("authorization"), request.headers.get("x-api-key"), token,
+                                         params.get("api_key", [None])[-1])
         except TetherError as exc:  # as the ASGI path: accept, then close with 4001 and the reason
             self.conn.send_close(CLOSE_UNAUTHORIZED, f"unauthorized: {exc.message}"[:120])
             self.transport.write(b"".join(self.conn.data_to_send()))

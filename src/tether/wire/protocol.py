@@ -25,6 +25,8 @@ CLOSE_TIMEOUT = 4011
 CLOSE_RESYNC = 4012  # the node lost a channel's live feed: reconnect and resubscribe with since
 CLOSE_TOO_LARGE = 1009
 CLOSE_SHUTDOWN = 1001
+CLOSE_RESTART = 1012  # the node drains: reconnect now (with jitter), to another node
+CLOSE_OPERATOR = 4100  # an operator disconnected this user: DISCONNECT {reason, reconnect} came first
 
 #: Frame types of the protocol itself: a client may never receive one from a publisher
 #: (a user publishes only PUBLICATION; the API key any type but these).
