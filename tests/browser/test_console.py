@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -82,16 +83,20 @@ def test_channels_publish_tail_and_charts(users: Users, shared_server: ServerPro
         assert r.status_code == 200, r.text
         expect(events).to_contain_text("PROMPT_CHANGE")
         expect(row.get_by_role("cell").nth(2)).to_have_text(str(r.json()["offset"]))
+        page.evaluate("() => window.scrollTo(0, 0)")
+        shot(page, "console", tmp_path)
 
         # a bad payload is refused next to its field
         page.get_by_role("textbox", name="Data").fill("{not json")
         page.get_by_role("button", name="Publish").click()
         expect(page.get_by_role("textbox", name="Data")).to_have_attribute("aria-invalid", "true")
 
-    expect(row.get_by_role("cell").nth(1)).to_have_text("0")
+    expect(row.get_by_role("cell").nth(1)).to_have_text("1")  # the console's own tail is left
+    page.get_by_role("button", name="Stop").click()
+    # no subscriber left: the row says 0, or an idle channel is no longer listed
+    expect(row.get_by_role("cell").nth(1).filter(has_text=re.compile(r"^[1-9]"))).to_have_count(0)
     expect(page.get_by_role("img", name="Connections over the last 5 minutes")).to_be_visible()
     expect(page.get_by_role("img", name="Deliveries per second over the last 5 minutes")).to_be_visible()
     expect(page.get_by_role("list", name="Nodes").get_by_role("listitem").first).to_contain_text("healthy")
     check_accessible(page)
-    shot(page, "console", tmp_path)
     assert users.errors() == []
