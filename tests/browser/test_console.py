@@ -78,9 +78,11 @@ def test_channels_publish_tail_and_charts(users: Users, shared_server: ServerPro
         assert frame["type"] == "PUBLICATION" and frame["data"] == {"headline": "from the console"}
         events = page.get_by_role("log", name="Events")
         expect(events).to_contain_text("from the console")
-        r = httpx.post(f"{srv.url}/api/channels/public.console-news/publish", headers={"X-API-Key": API_KEY},
-                       json={"type": "PROMPT_CHANGE", "data": {"prompt": "second"}}, timeout=10)
-        assert r.status_code == 200, r.text
+        for prompt in ("second", "third"):
+            r = httpx.post(f"{srv.url}/api/channels/public.console-news/publish", headers={"X-API-Key": API_KEY},
+                           json={"type": "PROMPT_CHANGE", "data": {"prompt": prompt}}, timeout=10)
+            assert r.status_code == 200, r.text
+        expect(events).to_contain_text("third")
         expect(events).to_contain_text("PROMPT_CHANGE")
         expect(row.get_by_role("cell").nth(2)).to_have_text(str(r.json()["offset"]))
         page.evaluate("() => window.scrollTo(0, 0)")
