@@ -1,6 +1,6 @@
 """Browser fixtures: one Debian Chromium for the session, and pages at a real server's origin.
 
-`browser` is a session-scoped Chromium (never a downloaded one). `client_page(context, server)`
+`browser` is a module-scoped Chromium (never a downloaded one). `client_page(context, server)`
 opens a blank page at the server's origin with `window.T` = the served `/tether-client.js`
 module, collecting console errors and uncaught exceptions in `page.tether_errors`. When the
 server does not serve `/tether-client.js` itself, the committed build is served at its origin
