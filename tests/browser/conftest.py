@@ -1,4 +1,4 @@
-"""Browser fixtures: one Debian Chromium for the session, and pages at a real server's origin.
+"""Browser fixtures: one Debian Chromium per test module, and pages at a real server's origin.
 
 `browser` is a module-scoped Chromium (never a downloaded one). `client_page(context, server)`
 opens a blank page at the server's origin with `window.T` = the served `/tether-client.js`
