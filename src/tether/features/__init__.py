@@ -9,6 +9,7 @@ from tether.features.devices import DevicesFeature
 from tether.features.documents import DocumentsFeature
 from tether.features.events import EventsFeature
 from tether.features.locks import LocksFeature
+from tether.features.notes import NotesFeature
 from tether.features.presence import PresenceFeature
 from tether.features.sessions import SessionsFeature
 from tether.features.streams import StreamsFeature
@@ -16,5 +17,5 @@ from tether.features.streams import StreamsFeature
 #: What every node runs, in start order.
 DEFAULT_FEATURES: list[type[Feature]] = [
     ChannelsFeature, PresenceFeature, LocksFeature, DocumentsFeature,
-    SessionsFeature, EventsFeature, DevicesFeature, StreamsFeature, AdminFeature,
+    SessionsFeature, NotesFeature, EventsFeature, DevicesFeature, StreamsFeature, AdminFeature,
 ]

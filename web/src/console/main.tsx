@@ -1,0 +1,5 @@
+import { render } from "preact";
+import "../ui/styles.css";
+import { Console } from "./Console";
+
+render(<Console />, document.getElementById("root")!);
