@@ -145,13 +145,17 @@ FRAME_FIELDS: dict[str, list[str]] = {
     "STREAM_START": ["channel", "stream_id", "data"],
     "STREAM_DELTA": ["stream_id", "delta"],
     "STREAM_END": ["stream_id", "content"],
+    "REFRESH": ["token"],
+    "NOTES_GET": ["session_id"],
+    "NOTES_SAVE": ["session_id", "text", "version"],
 }
 
 PLAUSIBLE: dict[str, Any] = {
     "channel": "public.fuzz", "key": "room", "collection": "fuzz", "id": "doc1", "data": {"a": 1},
     "ttl_seconds": 5, "limit": 10, "title": "t", "message": "hi", "message_type": "text", "shootId": "s1",
     "processedCount": 1, "totalCount": 2, "delta": "more", "stream_id": "st1", "timestamp": 1, "presence": True,
-    "session_id": "s-none", "version": 1, "content": "done", "status": "processing",
+    "session_id": "s-none", "version": 1, "content": "done", "status": "processing", "token": "alice:web",
+    "text": "notes",
 }
 
 

@@ -21,9 +21,10 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, Validation
 from tether.core.auth import Identity
 from tether.core.connection import Connection, Op
 from tether.core.node import Feature
-from tether.core.rest import Caller
+from tether.core.rest import Caller, JsonInt
 from tether.storage.database import Row
 from tether.wire.errors import TetherError, forbidden
+from tether.wire.jsoncheck import INT_MAX
 
 MAX_TEXT = 20_000
 
@@ -41,7 +42,7 @@ SCHEMA = [
 class NotesIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     text: Annotated[str, StringConstraints(max_length=MAX_TEXT)]
-    version: int = Field(..., ge=0, strict=True, description="the version this text was based on (0: no notes yet)")
+    version: JsonInt = Field(..., ge=0, le=INT_MAX, description="the version this text was based on (0: no notes yet)")
 
 
 def notes_out(sid: str, row: Row | None) -> dict[str, Any]:

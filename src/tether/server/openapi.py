@@ -88,10 +88,46 @@ def _not_nullable(param: dict[str, Any]) -> None:
             param["schema"] = {**{k: v for k, v in schema.items() if k != "anyOf"}, **rest[0]}
 
 
+# Every JSON value a body may carry, as the server's edge checks it: integers are signed 64-bit
+# (larger ones are refused with 422 wherever they appear, free-form data included).
+INT64 = {"minimum": -(2**63), "maximum": 2**63 - 1}
+JSON_VALUE_REF = {"$ref": "#/components/schemas/JsonValue"}
+JSON_VALUE = {
+    "description": "Any JSON value; integers within signed 64 bits, numbers finite.",
+    "anyOf": [
+        {"type": "string"}, {"type": "boolean"}, {"type": "null"},
+        {"type": "integer", **INT64},
+        {"type": "number", "format": "double"},
+        {"type": "array", "items": JSON_VALUE_REF},
+        {"type": "object", "additionalProperties": JSON_VALUE_REF},
+    ],
+}
+
+
+def _bound_json(node: Any) -> Any:
+    """Say in the schema what the edge enforces: bounded integers, free-form values as ``JsonValue``."""
+    if isinstance(node, list):
+        return [_bound_json(n) for n in node]
+    if not isinstance(node, dict):
+        return node
+    if set(node) <= {"title", "description", "default"} and not any(isinstance(v, dict) for v in node.values()):
+        return {**node, **JSON_VALUE_REF}  # a free-form value (``Any``)
+    out = {k: (v if k in ("example", "examples", "default", "enum", "const") else _bound_json(v)) for k, v in node.items()}
+    if out.get("type") == "integer":  # (pydantic may write a bound as a float that rounds past the range)
+        out["minimum"] = int(max(out.get("minimum", INT64["minimum"]), INT64["minimum"]))
+        out["maximum"] = int(min(out.get("maximum", INT64["maximum"]), INT64["maximum"]))
+    if out.get("type") == "object" and out.get("additionalProperties", True) is True:
+        out["additionalProperties"] = dict(JSON_VALUE_REF)
+    return out
+
+
 def enrich(schema: dict[str, Any]) -> dict[str, Any]:
     components = schema.setdefault("components", {})
     components.setdefault("securitySchemes", {}).update(SECURITY_SCHEMES)
     schemas = components.setdefault("schemas", {})
+    for name, body in list(schemas.items()):
+        schemas[name] = _bound_json(body)
+    schemas["JsonValue"] = JSON_VALUE
     schemas["Error"] = ERROR_SCHEMA
     for name in ("HTTPValidationError", "ValidationError"):
         schemas.pop(name, None)
@@ -106,6 +142,8 @@ def enrich(schema: dict[str, Any]) -> dict[str, Any]:
             if not path.startswith("/api/"):
                 continue
             op["security"] = [{"bearer": []}, {"apiKey": []}]
+            if "requestBody" in op:
+                op["requestBody"] = _bound_json(op["requestBody"])
             params = op.get("parameters", [])
             headers = {p["name"].lower() for p in params if p.get("in") == "header"}
             if "if-none-match" in headers:
