@@ -3,7 +3,7 @@ import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { createHmac } from "node:crypto";
 import { Client, Failed } from "../dist/index.js";
-import { Server, WebSocket, until } from "./server.mjs";
+import { Server, WebSocket, until, clientPool } from "./server.mjs";
 
 const SECRET = "js-client-test-secret-which-is-long-enough";
 const b64 = (o) => Buffer.from(JSON.stringify(o)).toString("base64url");
@@ -14,12 +14,8 @@ function jwt(sub, ttlSeconds, device = "web") {
 }
 
 let server;
-const clients = [];
-const make = (token, opts = {}) => {
-  const c = new Client(server.url, { token, WebSocket, backoff: { base: 0.1, cap: 0.5, maxAttempts: Infinity }, ...opts });
-  clients.push(c);
-  return c;
-};
+const pool = clientPool(Client, () => server);
+const make = pool.make;
 
 before(async () => {
   server = new Server(["--auth", "jwt"]);
@@ -27,7 +23,7 @@ before(async () => {
   await server.start();
 });
 after(async () => {
-  for (const c of clients) await c.close();
+  await pool.closeAll();
   await server.stop();
 });
 

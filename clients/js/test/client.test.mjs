@@ -1,21 +1,17 @@
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { Client, ServerError, Conflict, Disconnected } from "../dist/index.js";
-import { Server, WebSocket, until, API_KEY } from "./server.mjs";
+import { Server, WebSocket, until, API_KEY, clientPool } from "./server.mjs";
 
 let server;
-const clients = [];
-const make = (token, opts = {}) => {
-  const c = new Client(server.url, { token, WebSocket, backoff: { base: 0.1, cap: 0.5, maxAttempts: Infinity }, ...opts });
-  clients.push(c);
-  return c;
-};
+const pool = clientPool(Client, () => server);
+const make = pool.make;
 
 before(async () => {
   server = await new Server().start();
 });
 after(async () => {
-  for (const c of clients) await c.close();
+  await pool.closeAll();
   await server.stop();
 });
 

@@ -2,21 +2,17 @@ import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { Client, Failed } from "../dist/index.js";
 import { Backoff } from "../dist/index.js";
-import { Server, WebSocket, until } from "./server.mjs";
+import { Server, WebSocket, until, clientPool } from "./server.mjs";
 
 let server;
-const clients = [];
-const make = (token, opts = {}) => {
-  const c = new Client(server.url, { token, WebSocket, backoff: { base: 0.1, cap: 0.5, maxAttempts: Infinity }, ...opts });
-  clients.push(c);
-  return c;
-};
+const pool = clientPool(Client, () => server);
+const make = pool.make;
 
 before(async () => {
   server = await new Server().start();
 });
 after(async () => {
-  for (const c of clients) await c.close();
+  await pool.closeAll();
   if (server.proc?.exitCode === null) server.proc.kill("SIGCONT");
   await server.stop();
 });
@@ -64,9 +60,9 @@ test("a refused token without getToken is failed, with the reason", async () => 
   assert.match(c.error.message, /unauthorized/);
 });
 
-test("attempts used up: failed", async () => {
+test("attempts used up: failed", async (t) => {
   const c = new Client("http://127.0.0.1:9", { token: "x", WebSocket, backoff: { base: 0.01, cap: 0.02, maxAttempts: 2 } });
-  clients.push(c);
+  t.after(() => c.close());
   await c.connect(); // offline is not an error
   await c.waitFor("failed", 10000);
   assert.match(c.error.message, /gave up after 2 attempts/);

@@ -94,3 +94,18 @@ export async function until(fn, what = "condition", ms = 20000) {
     await new Promise((r) => setTimeout(r, 20));
   }
 }
+
+/** The clients of one test file, made with a fast backoff (tests wait on reconnects), closed by closeAll(). */
+export function clientPool(Client, serverOf) {
+  const clients = [];
+  return {
+    make(token, opts = {}) {
+      const c = new Client(serverOf().url, { token, WebSocket, backoff: { base: 0.1, cap: 0.5, maxAttempts: Infinity }, ...opts });
+      clients.push(c);
+      return c;
+    },
+    async closeAll() {
+      for (const c of clients) await c.close();
+    },
+  };
+}
