@@ -89,7 +89,7 @@ export function Notes(props: { id: string; people: Participant[]; sink: SessionE
         if (e.type === "LOCK_ACQUIRED" || e.type === "LOCK_EXTENDED") setHolder({ holder: d.holder, expires_at: d.expires_at });
         else if (e.type === "LOCK_RELEASED" || e.type === "LOCK_EXPIRED") setHolder(null);
       },
-      { onReload: () => void ask() },
+      { onReload: () => void ask(), onReady: () => void ask() },
     );
     return () => {
       stop = true;

@@ -188,9 +188,12 @@ export function follow(
   client: Client,
   channel: string,
   handler: (e: TetherEvent) => void,
-  opts: { presence?: boolean; onReload?: (channel: string) => void } = {},
+  opts: { presence?: boolean; onReload?: (channel: string) => void; onReady?: () => void } = {},
 ): () => void {
-  const made = serially(client, channel, () => client.subscribe(channel, handler, opts)).catch(() => null);
+  const { onReady, ...subscribeOpts } = opts;
+  const made = serially(client, channel, () => client.subscribe(channel, handler, subscribeOpts)).catch(() => null);
+  // Whatever changed before the subscription took hold came as no event: onReady lets the caller read it now.
+  if (onReady) void made.then((sub) => sub && onReady());
   const drop = () => {
     const sub = client.subscription(channel);
     if (!sub) return;
