@@ -13,7 +13,11 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
-from playwright.sync_api import Browser, BrowserContext, ConsoleMessage, Page, sync_playwright
+from playwright.sync_api import Browser, BrowserContext, ConsoleMessage, Page, expect, sync_playwright
+
+# How long an expectation waits for the page to get there: two Chromiums, servers and the suite share
+# two cores in CI, where a live update can take seconds (a bound on waiting, not a speed claim).
+expect.set_options(timeout=15_000)
 
 BUNDLE = Path(__file__).resolve().parents[2] / "src" / "tether" / "server" / "static" / "tether-client.js"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

@@ -113,7 +113,7 @@ export function SessionPage(props: { id?: string; params?: { id?: string } }) {
           return next;
         });
       },
-      { presence: true, onReload: () => void load() },
+      { presence: true, onReload: () => void load(), onReady: () => void load() },
     );
     void load();
     return () => {

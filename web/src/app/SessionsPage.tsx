@@ -26,6 +26,7 @@ export function SessionsPage() {
   const [sessions, setSessions] = useState<Session[] | null>(null);
   const [loadError, setLoadError] = useState<string | null>(null);
   const [creating, setCreating] = useState(false);
+  const [live, setLive] = useState(0); // bumped once the browse channel is followed: the list is read again
   const newButton = useRef<HTMLButtonElement>(null);
   const filters = useRef({ q, category });
   filters.current = { q, category };
@@ -49,7 +50,7 @@ export function SessionsPage() {
       stale = true;
       clearTimeout(timer);
     };
-  }, [client, q, category, syncTick, state === "connected"]);
+  }, [client, q, category, syncTick, state === "connected", live]);
 
   // live: sessions created, updated (seat counts) and ended, and private ones we are invited to
   useEffect(() => {
@@ -68,7 +69,7 @@ export function SessionsPage() {
         return next;
       });
     };
-    const stop = follow(client, "sessions", apply as (e: TetherEvent) => void);
+    const stop = follow(client, "sessions", apply as (e: TetherEvent) => void, { onReady: () => setLive((n) => n + 1) });
     const offInvite = client.on("SESSION_INVITED", (e: TetherEvent) =>
       apply({ ...e, type: "SESSION_UPDATED", data: e.data?.session }),
     );
