@@ -20,8 +20,8 @@ UNAUTHORIZED = ("the server responded with a status of 401", "the server respond
 
 
 @pytest.fixture
-def users(browser: Browser, shared_server: ServerProcess) -> Iterator[Users]:
-    u = Users(browser, shared_server.url)
+def users(browser: Browser, server: ServerProcess) -> Iterator[Users]:
+    u = Users(browser, server.url)
     yield u
     u.close()
 
@@ -45,8 +45,8 @@ def test_only_operators_see_data(users: Users) -> None:
     assert users.errors(allow=UNAUTHORIZED) == []
 
 
-def test_channels_publish_tail_and_charts(users: Users, shared_server: ServerProcess, tmp_path: Path) -> None:
-    srv = shared_server
+def test_channels_publish_tail_and_charts(users: Users, server: ServerProcess, tmp_path: Path) -> None:
+    srv = server
     page = console(users)
     page.get_by_role("textbox", name="API key").fill(API_KEY)
     page.get_by_role("button", name="Sign in").click()

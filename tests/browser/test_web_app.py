@@ -31,8 +31,8 @@ INTERACTIVE = {"button", "link", "textbox", "searchbox", "combobox", "checkbox",
 
 
 @pytest.fixture
-def users(browser: Browser, shared_server: ServerProcess) -> Iterator[Users]:
-    u = Users(browser, shared_server.url)
+def users(browser: Browser, server: ServerProcess) -> Iterator[Users]:
+    u = Users(browser, server.url)
     yield u
     u.close()
 
@@ -105,7 +105,7 @@ def rest(srv: ServerProcess, method: str, path: str, token: str | None = None, *
     return httpx.request(method, srv.url + path, headers=headers, timeout=10, **kw)
 
 
-def test_live_sessions_between_users(users: Users, shared_server: ServerProcess, tmp_path: Path) -> None:
+def test_live_sessions_between_users(users: Users, server: ServerProcess, tmp_path: Path) -> None:
     """A session created by one user appears live in another's list; join, chat in order, leave, end, all live."""
     bob = sign_in(users, "bob")
     expect(bob.get_by_role("heading", name="Live sessions")).to_be_visible()
@@ -154,13 +154,13 @@ def test_live_sessions_between_users(users: Users, shared_server: ServerProcess,
     expect(bob.get_by_text("This session has ended")).to_be_visible()
     bob.get_by_role("link", name="Sessions").click()
     expect(bob.get_by_role("list", name="Sessions").get_by_role("listitem").filter(has_text="Evening prayer")).to_have_count(0)
-    assert rest(shared_server, "GET", f"/api/sessions/{sid}").json()["is_active"] is False
+    assert rest(server, "GET", f"/api/sessions/{sid}").json()["is_active"] is False
     assert users.errors() == []
 
 
-def test_form_errors_seat_limit_and_private_sessions(users: Users, shared_server: ServerProcess) -> None:
+def test_form_errors_seat_limit_and_private_sessions(users: Users, server: ServerProcess) -> None:
     """Refused fields are marked; the 51st join is refused in the UI; a private session stays hidden until invited."""
-    srv = shared_server
+    srv = server
     carol = sign_in(users, "carol")
     dave = sign_in(users, "dave")
 
@@ -248,8 +248,8 @@ def test_message_typed_while_server_down_arrives_once(browser: Browser, server: 
         users.close()
 
 
-def test_notes_lock_and_conflicting_save(users: Users, shared_server: ServerProcess) -> None:
-    srv = shared_server
+def test_notes_lock_and_conflicting_save(users: Users, server: ServerProcess) -> None:
+    srv = server
     gina = sign_in(users, "gina")
     sid = create_session(gina, "Planning")
     hal = sign_in(users, "hal", f"/sessions/{sid}")
@@ -294,8 +294,8 @@ def test_notes_lock_and_conflicting_save(users: Users, shared_server: ServerProc
     assert users.errors(allow=(CONFLICT,)) == []  # the refused save's 409, logged by Chromium itself
 
 
-def test_devices_progress_and_credits(users: Users, shared_server: ServerProcess, tmp_path: Path) -> None:
-    srv = shared_server
+def test_devices_progress_and_credits(users: Users, server: ServerProcess, tmp_path: Path) -> None:
+    srv = server
     ivy = sign_in(users, "ivy")
     ivy.get_by_role("link", name="Devices").click()
     expect(ivy.get_by_role("heading", name="Devices", level=1)).to_be_visible()
@@ -327,10 +327,10 @@ def test_devices_progress_and_credits(users: Users, shared_server: ServerProcess
     assert users.errors() == []
 
 
-def test_tab_opened_mid_stream_shows_text_so_far(users: Users, shared_server: ServerProcess) -> None:
+def test_tab_opened_mid_stream_shows_text_so_far(users: Users, server: ServerProcess) -> None:
     """A participant streams a message into the session; every tab sees it grow, a late tab the text so far,
     and the final text is stored once. Needs the server to take STREAM_START on sessions.{id}: skips until then."""
-    srv = shared_server
+    srv = server
     jo = sign_in(users, "jo")
     sid = create_session(jo, "Streamed answers")
     assert rest(srv, "POST", f"/api/sessions/{sid}/join", "bot", json={}).status_code == 200
