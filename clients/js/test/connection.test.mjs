@@ -1,7 +1,6 @@
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { Client, Failed } from "../dist/index.js";
-import { Backoff } from "../dist/index.js";
+import { Backoff, Client, Failed } from "../dist/index.js";
 import { Server, WebSocket, until, clientPool } from "./server.mjs";
 
 let server;
