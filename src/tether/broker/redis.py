@@ -6,7 +6,11 @@ Per channel ``c`` (all keys under the node's prefix ``p``):
 - ``{p}hist:{c}``  a stream whose entry ids are ``<offset>-0``, fields ``e`` (the
   event text) and ``t`` (publish time, ms); trimmed to the history size, and the
   whole key expires after the history TTL without publishes;
-- ``{p}ch:{c}``    the pub/sub channel; a message is ``offset:epoch:exclude:text``.
+- ``{p}ch:{c}``    the pub/sub channel; a message is ``offset:epoch:exclude:text``;
+- ``{p}idem:{h}``  ``offset:epoch`` of a publish made for a request with an idempotency
+  key (``h`` names the request and the publish's place in it), written by the same
+  script, kept until the request's record is stored: a node that dies between the two
+  leaves it, and the retry, run again on another node, gets the same offset back.
 
 One Lua script per publish increments the offset, builds the event text (the
 same bytes as :func:`tether.wire.protocol.event`), stores it, trims, and PUBLISHes:
@@ -26,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import hashlib
 import logging
 import secrets
 import time
@@ -39,6 +44,7 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from tether.broker.base import Broker, Deliver, Position, Stream
+from tether.storage.database import rider
 from tether.wire import protocol
 from tether.wire.errors import TetherError
 
@@ -48,6 +54,13 @@ log = logging.getLogger("tether.broker.redis")
 META_TTL_MS = 30 * 24 * 3600 * 1000
 
 _PUBLISH = """
+if KEYS[3] then
+  local done = redis.call('GET', KEYS[3])
+  if done then  -- this request's publish already ran (its node died before answering)
+    local sep = string.find(done, ':', 1, true)
+    return {tonumber(string.sub(done, 1, sep - 1)), string.sub(done, sep + 1)}
+  end
+end
 local top = redis.call('HINCRBY', KEYS[1], 'top', 1)
 local epoch = redis.call('HGET', KEYS[1], 'epoch')
 if not epoch then
@@ -64,6 +77,9 @@ if size > 0 then
   redis.call('PEXPIRE', KEYS[2], ARGV[4])
 end
 redis.call('PUBLISH', ARGV[7], off .. ':' .. epoch .. ':' .. ARGV[8] .. ':' .. text)
+if KEYS[3] then
+  redis.call('SET', KEYS[3], off .. ':' .. epoch, 'PX', ARGV[10])
+end
 return {top, epoch}
 """
 
@@ -141,6 +157,7 @@ class RedisBroker(Broker):
         self._listening = False
         self._ready = asyncio.Event()
         self._pending: list[tuple[list[str], list[Any], asyncio.Future[Any]]] = []
+        self._settled: list[str] = []  # idempotency markers to drop
         self._flusher: asyncio.Task[None] | None = None
 
     @classmethod
@@ -195,25 +212,43 @@ class RedisBroker(Broker):
         ttl_ms = max(1, int(history_ttl * 1000))
         args = [head, tail, history_size, ttl_ms, int(time.time() * 1000), secrets.token_hex(4),
                 self._topic(channel), exclude or "", max(META_TTL_MS, ttl_ms)]
+        keys = self._keys(channel)
+        r = rider()
+        if r is not None:  # a request with an idempotency key: the script marks it published
+            mark = f"{self.prefix}idem:{hashlib.sha256(r.mark(channel).encode()).hexdigest()}"
+            keys.append(mark)
+            args.append(max(1, int(r.ttl * 1000)))
+            r.settled.append(lambda: self._settle(mark))
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._pending.append((self._keys(channel), args, future))  # synchronously: call order is offset order
-        if self._flusher is None:  # a context of its own: it works for every publisher
-            self._flusher = asyncio.create_task(self._flush(), context=contextvars.Context())
+        self._pending.append((keys, args, future))  # synchronously: call order is offset order
+        self._start_flusher()
         top, epoch = await future
         return Position(int(top), _text(epoch))
+
+    def _settle(self, mark: str) -> None:
+        """The request's record is stored: its marker goes with the next round trip."""
+        self._settled.append(mark)
+        self._start_flusher()
+
+    def _start_flusher(self) -> None:
+        if self._flusher is None:  # a context of its own: it works for every publisher
+            self._flusher = asyncio.create_task(self._flush(), context=contextvars.Context())
 
     async def _flush(self) -> None:
         """Publishes that arrive while a round trip is in flight go in the next one, as one
         pipeline on one connection: Redis runs its scripts in the order they were called."""
         try:
-            while self._pending:
+            while self._pending or self._settled:
                 batch, self._pending = self._pending, []
+                settled, self._settled = self._settled, []
                 results: list[Any]
                 try:
                     async with self.redis.pipeline(transaction=False) as pipe:
                         for keys, args, _ in batch:
                             await self._publish(keys=keys, args=args, client=pipe)
-                        results = await pipe.execute(raise_on_error=False)
+                        if settled:  # (lost with a lost reply: then they expire with their TTL)
+                            pipe.unlink(*settled)
+                        results = (await pipe.execute(raise_on_error=False))[:len(batch)]
                 except LOST_REPLY as exc:
                     # Whether Redis ran the scripts is unknown (a lost or late reply): never sent
                     # again, which could store and fan out each event twice. Each publisher gets

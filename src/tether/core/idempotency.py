@@ -9,8 +9,10 @@ carries it too), so a ``kill -9`` between the two cannot happen. Until the
 request finishes the record holds what :func:`answer` said or :data:`APPLIED`;
 then the full answer replaces it. A request that fails after writing keeps
 the record (its retry must not apply the write again), unless it declared its
-writes repeatable (:func:`rerun_on_failure`). Writes outside SQL (Redis locks, presence,
-the Redis broker) still record right after the write, as before.
+writes repeatable (:func:`rerun_on_failure`). The Redis broker's publish stores a marker
+in its own Lua script instead (:meth:`~tether.storage.database.Rider.mark`): a retry that
+runs the request again after a crash gets the first publish's offset back, never a second
+event. Other writes outside SQL (Redis locks, presence) record right after the write.
 
 In a cluster (``shared``) the per-process lock does not see the other nodes, so a
 request first *claims* its key: one atomic ``INSERT … ON CONFLICT`` writes a pending
@@ -177,7 +179,8 @@ class Idempotency:
                     if row is not None:
                         return loads(row["result"])
                 # The record commits with the request's first write (storage.database.Rider) …
-                r = Rider(_RECORD, lambda result: (scope, key, result, time.time()), dumps(APPLIED))
+                r = Rider(_RECORD, lambda result: (scope, key, result, time.time()), dumps(APPLIED),
+                          name=f"{scope}\x00{key}", ttl=self.ttl)
                 token = riding.set(r)
                 try:
                     result = await fn()
@@ -195,6 +198,8 @@ class Idempotency:
                         keeper.cancel()
                 # … and the full answer replaces it (or is written now, for a write outside SQL).
                 await self.db.execute(_RECORD, scope, key, dumps(result), time.time())
+                for settle in r.settled:  # the record answers retries now: markers may go
+                    settle()
                 self._writes += 1
                 if self._writes % 1000 == 0:
                     await self.db.execute("DELETE FROM idempotency WHERE created_at < ?", time.time() - self.ttl)

@@ -17,13 +17,27 @@ class Rider:
 
     Every backend honours it: a transaction that changed rows, or a lone writing statement
     that did, runs ``sql`` with ``args()`` before its COMMIT, then marks the rider ``done``.
+
+    A write outside SQL (the Redis broker's publish) cannot join that transaction; it stores
+    its own marker atomically with the write instead, named by :meth:`mark` (the same names,
+    in the same order, when the request runs again after a crash), and lets it go once the
+    record is stored (``settled``).
     """
 
-    __slots__ = ("sql", "make_args", "answer", "done", "rerun")
+    __slots__ = ("sql", "make_args", "answer", "done", "rerun", "name", "ttl", "marks", "settled")
 
-    def __init__(self, sql: str, make_args: Callable[[str], tuple[Any, ...]], answer: str) -> None:
+    def __init__(self, sql: str, make_args: Callable[[str], tuple[Any, ...]], answer: str,
+                 name: str = "", ttl: float = 0.0) -> None:
         self.sql, self.make_args, self.answer, self.done = sql, make_args, answer, False
         self.rerun = False  # the request's writes are safe to repeat (see tether.core.idempotency.rerun_on_failure)
+        self.name, self.ttl = name, ttl  # who and which request: stable across a retry on any node
+        self.marks = 0
+        self.settled: list[Callable[[], None]] = []  # called once the record is stored
+
+    def mark(self, what: str) -> str:
+        """A name for this request's next write outside SQL: ``what`` plus its place in the request."""
+        self.marks += 1
+        return f"{self.name}\x00{what}\x00{self.marks}"
 
     def args(self) -> tuple[Any, ...]:
         return self.make_args(self.answer)
