@@ -35,6 +35,11 @@ class Stream:
     complete: bool = True
 
 
+#: An outbox row: its id and its creation time (ids restart in a re-created database; the pair
+#: does not, so a marker left by an old row can never stand for a new one).
+OutboxRow = tuple[int, float]
+
+
 #: Called when a node can no longer vouch for a channel's live feed (its missed events left
 #: history, or its epoch changed): the channel's local subscribers must resubscribe with ``since``.
 Lost = Callable[[str], None]
@@ -42,6 +47,9 @@ Lost = Callable[[str], None]
 
 class Broker(ABC):
     on_lost: Lost | None = None
+    #: Whether :meth:`publish` deletes its ``outbox`` row in its own commit (the broker keeps
+    #: history in the database); otherwise the outbox deletes it after the publish.
+    takes_outbox_rows = False
 
     @abstractmethod
     async def start(self, deliver: Deliver) -> None: ...
@@ -59,8 +67,13 @@ class Broker(ABC):
         history_size: int,
         history_ttl: float,
         exclude: str | None = None,
+        outbox: "OutboxRow | None" = None,
     ) -> Position:
         """Assign the next offset, store the event in the history window, fan it out.
+
+        ``outbox`` names the event's row in the outbox (``tether.core.outbox``): an
+        event published for it before answers that first position and is not published
+        again.
 
         Publishes are ordered by *call*, not by completion: the event is queued
         before the first suspension, so concurrent publishes started in some order
@@ -76,6 +89,9 @@ class Broker(ABC):
         """Start a new epoch of ``channel`` and drop its history (offsets go on, never reused):
         a resource re-created under the same name must not hand its predecessor's events to
         whoever owns it now. A position from before answers ``recovered: false``."""
+
+    def outbox_settled(self, rows: list[OutboxRow]) -> None:
+        """These outbox rows are deleted: they will never be published again."""
 
     async def subscribe(self, channel: str) -> None:
         """This node has its first local subscriber on ``channel``."""

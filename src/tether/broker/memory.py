@@ -14,7 +14,7 @@ import secrets
 import time
 from typing import Any, Sequence
 
-from tether.broker.base import Broker, Deliver, Position, Stream
+from tether.broker.base import Broker, Deliver, OutboxRow, Position, Stream
 from tether.storage.database import Database, Rider, rider, riding
 from tether.wire import protocol
 from tether.wire.errors import TetherError
@@ -66,7 +66,7 @@ class ChannelLog:
                               self.legacy_ttl)
 
     async def append_many(self, items: list[tuple[str, str, Any, int, float]],
-                          riders: Sequence[Rider] = ()) -> list[tuple[Position, str]]:
+                          riders: Sequence[Rider] = (), taken: Sequence[int] = ()) -> list[tuple[Position, str]]:
         """Append events in one transaction (group commit), offsets in list order per channel.
 
         One multi-row UPSERT per chunk of channels reserves all of their offsets,
@@ -122,6 +122,8 @@ class ChannelLog:
                     'DELETE FROM channel_history WHERE channel = ? AND "offset" > ? AND "offset" <= ?', trims)
             for r in riders:  # the publishing requests' idempotency records, in the same COMMIT
                 await tx.execute(r.sql, *r.args())
+            if taken:  # the outbox rows these events were staged in: published once, gone at once
+                await tx.executemany("DELETE FROM outbox WHERE id = ?", [(i,) for i in taken])
         for r in riders:
             r.done = True
         return out
@@ -205,7 +207,7 @@ class MemoryBroker(Broker):
         self._sweeper: asyncio.Task[None] | None = None
         self._deliver: Deliver | None = None
         self._pending: list[tuple[tuple[str, str, Any, int, float], str | None, asyncio.Future[Position],
-                                  Rider | None]] = []
+                                  Rider | None, int | None]] = []
         self._flusher: asyncio.Task[None] | None = None
 
     async def start(self, deliver: Deliver) -> None:
@@ -229,9 +231,13 @@ class MemoryBroker(Broker):
             await asyncio.gather(self._flusher, return_exceptions=True)
         self._deliver = None
 
-    async def publish(self, channel: str, type: str, data: Any, *, history_size: int, history_ttl: float, exclude: str | None = None) -> Position:
+    takes_outbox_rows = True
+
+    async def publish(self, channel: str, type: str, data: Any, *, history_size: int, history_ttl: float,
+                      exclude: str | None = None, outbox: OutboxRow | None = None) -> Position:
         future: asyncio.Future[Position] = asyncio.get_running_loop().create_future()
-        self._pending.append(((channel, type, data, history_size, history_ttl), exclude, future, rider()))
+        row = outbox[0] if outbox is not None else None
+        self._pending.append(((channel, type, data, history_size, history_ttl), exclude, future, rider(), row))
         if self._flusher is None:
             # A context of its own: the flusher works for every publisher, not for the first one's request.
             self._flusher = asyncio.create_task(self._flush(), context=contextvars.Context())
@@ -243,8 +249,9 @@ class MemoryBroker(Broker):
                 batch, self._pending = self._pending, []
                 results: list[Any]
                 try:
-                    results = list(await self.log.append_many([item for item, _, _, _ in batch],
-                                                              [r for *_, r in batch if r is not None and not r.done]))
+                    results = list(await self.log.append_many(
+                        [item for item, *_ in batch], [r for *_, r, _ in batch if r is not None and not r.done],
+                        [i for *_, i in batch if i is not None]))
                 except Exception as exc:
                     if isinstance(exc, TetherError) and exc.code == "unavailable":
                         # The database is unreachable, maybe mid-COMMIT: whether the batch landed
@@ -253,7 +260,7 @@ class MemoryBroker(Broker):
                         results = [exc] * len(batch)
                     else:
                         results = await self._one_by_one(batch)
-                for (item, exclude, future, _), result in zip(batch, results):
+                for (item, exclude, future, *_), result in zip(batch, results):
                     if isinstance(result, Exception):
                         if not future.done():
                             future.set_exception(result)
@@ -272,9 +279,10 @@ class MemoryBroker(Broker):
     async def _one_by_one(self, batch: list[Any]) -> list[Any]:
         """A failing event must not fail its neighbours: each alone, its error as its result."""
         results: list[Any] = []
-        for item, _, _, r in batch:
+        for item, _, _, r, i in batch:
             try:
-                results.append((await self.log.append_many([item], [r] if r is not None and not r.done else []))[0])
+                results.append((await self.log.append_many([item], [r] if r is not None and not r.done else [],
+                                                           [i] if i is not None else []))[0])
             except Exception as exc:
                 results.append(exc)
         return results

@@ -8,9 +8,10 @@ Per channel ``c`` (all keys under the node's prefix ``p``):
   whole key expires after the history TTL without publishes;
 - ``{p}ch:{c}``    the pub/sub channel; a message is ``offset:epoch:exclude:text``;
 - ``{p}idem:{h}``  ``offset:epoch`` of a publish made for a request with an idempotency
-  key (``h`` names the request and the publish's place in it), written by the same
-  script, kept until the request's record is stored: a node that dies between the two
-  leaves it, and the retry, run again on another node, gets the same offset back.
+  key (``h`` names the request and the publish's place in it), or for an outbox row
+  (``h`` is ``outbox:{id}:{created_at}``), written by the same script, kept until the request's
+  record is stored (the row is deleted): a node that dies between the two leaves it,
+  and the retry (the outbox sweep), run again on any node, gets the same offset back.
 
 One Lua script per publish increments the offset, builds the event text (the
 same bytes as :func:`tether.wire.protocol.event`), stores it, trims, and PUBLISHes:
@@ -43,7 +44,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from tether.broker.base import Broker, Deliver, Position, Stream
+from tether.broker.base import Broker, Deliver, OutboxRow, Position, Stream
 from tether.storage.database import rider
 from tether.wire import protocol
 from tether.wire.errors import TetherError
@@ -52,6 +53,9 @@ log = logging.getLogger("tether.broker.redis")
 
 #: Meta hashes outlive quiet channels this long; when one expires, the channel starts a new epoch.
 META_TTL_MS = 30 * 24 * 3600 * 1000
+#: An outbox row's marker normally goes within milliseconds (its row is deleted); one whose
+#: node died first stays this long, far longer than any row waits for the sweeper.
+OUTBOX_MARK_TTL_MS = 7 * 24 * 3600 * 1000
 
 _PUBLISH = """
 if KEYS[3] then
@@ -207,14 +211,17 @@ class RedisBroker(Broker):
     # -- the event path ------------------------------------------------------
 
     async def publish(self, channel: str, type: str, data: Any, *, history_size: int, history_ttl: float,
-                      exclude: str | None = None) -> Position:
+                      exclude: str | None = None, outbox: OutboxRow | None = None) -> Position:
         head, tail = protocol.event_parts(channel, type, data)
         ttl_ms = max(1, int(history_ttl * 1000))
         args = [head, tail, history_size, ttl_ms, int(time.time() * 1000), secrets.token_hex(4),
                 self._topic(channel), exclude or "", max(META_TTL_MS, ttl_ms)]
         keys = self._keys(channel)
         r = rider()
-        if r is not None:  # a request with an idempotency key: the script marks it published
+        if outbox is not None:  # an outbox row: marked until the outbox has deleted it
+            keys.append(self._outbox_mark(outbox))
+            args.append(OUTBOX_MARK_TTL_MS)
+        elif r is not None:  # a request with an idempotency key: the script marks it published
             mark = f"{self.prefix}idem:{hashlib.sha256(r.mark(channel).encode()).hexdigest()}"
             keys.append(mark)
             args.append(max(1, int(r.ttl * 1000)))
@@ -224,6 +231,13 @@ class RedisBroker(Broker):
         self._start_flusher()
         top, epoch = await future
         return Position(int(top), _text(epoch))
+
+    def _outbox_mark(self, row: OutboxRow) -> str:
+        return f"{self.prefix}idem:outbox:{row[0]}:{row[1]!r}"
+
+    def outbox_settled(self, rows: list[OutboxRow]) -> None:
+        for row in rows:
+            self._settle(self._outbox_mark(row))
 
     def _settle(self, mark: str) -> None:
         """The request's record is stored: its marker goes with the next round trip."""

@@ -12,11 +12,11 @@ import asyncio
 import logging
 import socket
 import time
-from typing import Any, Awaitable, Callable
+from typing import Any, AsyncContextManager, Awaitable, Callable
 
 from fastapi import APIRouter
 
-from tether.broker.base import Broker, Position
+from tether.broker.base import Broker, OutboxRow, Position
 from tether.core.access import AccessWatch, expires
 from tether.core.auth import Authenticator
 from tether.core.config import Settings
@@ -25,6 +25,7 @@ from tether.core.hub import Hub
 from tether.core.idempotency import Idempotency
 from tether.core.metrics import Metrics
 from tether.core.namespaces import Namespace, Namespaces, builtin, load_overrides
+from tether.core.outbox import Change, Outbox
 from tether.core.sinks import StreamSinks
 from tether.storage import open_database
 from tether.storage.database import Database
@@ -49,6 +50,7 @@ class Node:
     broker: Broker
     hub: Hub
     idempotency: Idempotency
+    outbox: Outbox
 
     redis: Any = None  # a redis.asyncio.Redis when TETHER_REDIS_URL is set; features keep their state there
 
@@ -96,6 +98,9 @@ class Node:
         await self.broker.start(self.hub.deliver)
         self.idempotency = Idempotency(self.db, s.idempotency_ttl, shared=bool(s.redis_url))
         await self.idempotency.start()
+        # In a cluster another node's request may hold a young row: the sweep leaves it a while.
+        self.outbox = Outbox(self.db, self.publish, takes_rows=self.broker.takes_outbox_rows,
+                             settled=self.broker.outbox_settled, grace=5.0 if s.redis_url else 0.0)
         if s.channels_file:
             self.namespaces.add(*load_overrides(s.channels_file))
         self.namespaces.add(*self.access.namespaces())
@@ -106,6 +111,7 @@ class Node:
             self.ops.update(f.ops())
             await f.start()
         self.namespaces.add(*builtin(s.history_size, s.history_ttl))
+        await self.outbox.start()  # after the features: their channels' namespaces are known
         self._keepalive_task = asyncio.create_task(self._keepalive())
         self.started = True
 
@@ -122,6 +128,7 @@ class Node:
             await asyncio.sleep(0.05)
         for f in reversed(self.features):
             await f.stop()
+        await self.outbox.stop()
         self.access.stop()
         await self.broker.close()
         await self.db.close()
@@ -145,7 +152,8 @@ class Node:
 
     # -- the one event path ---------------------------------------------------
 
-    async def publish(self, channel: str, type: str, data: Any, *, exclude: str | None = None) -> Position:
+    async def publish(self, channel: str, type: str, data: Any, *, exclude: str | None = None,
+                      outbox: OutboxRow | None = None) -> Position:
         """Store an event in the channel's history and fan it out to every node.
 
         Every event of every module goes through here, so each reaches clients
@@ -155,11 +163,16 @@ class Node:
         started = time.perf_counter()
         pass_turn()  # the next pipelined request may publish now: offsets follow the order it was sent in
         position = await self.broker.publish(
-            channel, type, data, history_size=ns.history_size, history_ttl=ns.history_ttl, exclude=exclude
+            channel, type, data, history_size=ns.history_size, history_ttl=ns.history_ttl, exclude=exclude,
+            outbox=outbox,
         )
         self.metrics.events.inc()
         self.metrics.publish_latency.observe(time.perf_counter() - started)
         return position
+
+    def change(self) -> AsyncContextManager[Change]:
+        """A transaction whose events (``change.emit``) commit with it: see :mod:`tether.core.outbox`."""
+        return self.outbox.change()
 
     # -- connections ------------------------------------------------------------
 

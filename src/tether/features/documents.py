@@ -30,6 +30,7 @@ from tether.core.connection import Connection, Op
 from tether.core.idempotency import answer, scope
 from tether.core.namespaces import Namespace
 from tether.core.node import Feature
+from tether.core.outbox import Change
 from tether.core.rest import Caller, JsonVersion, NodeDep
 from tether.features.document_access import (
     Grant,
@@ -340,7 +341,8 @@ class Documents:
                 # whoever creates it now cannot replay a deleted predecessor's events with `since`.
                 # Before the INSERT: a crash in between leaves an empty channel, never a leak.
                 await self.node.broker.reset(document_channel(collection, doc_id))
-            async with self.db.transaction() as tx:
+            async with self.node.change() as change:
+                tx = change.tx
                 n = await tx.execute(
                     """INSERT INTO documents (collection, id, version, data, owner, access, members,
                        created_at, updated_at, created_by, updated_by) VALUES (?, ?, 1, ?, ?, ?, ?, ?, ?, ?, ?)
@@ -350,11 +352,11 @@ class Documents:
                 )
                 if n == 1:
                     await self._set_members(tx, collection, doc_id, g.members)
+                    self._announce(change, "DOCUMENT_CREATED", doc, None, g)
             if n != 1:
                 current = await self.load(collection, doc_id)
                 extra = {"document": current} if current and may_read(who, grant_of(current)) else {}
                 raise TetherError("conflict", f"document {doc_id!r} already exists in collection {collection!r}", **extra)
-            await self._announce("DOCUMENT_CREATED", doc, None, g)
         return doc
 
     async def replace(self, who: Identity, collection: str, doc_id: str, body: ReplaceBody,
@@ -390,7 +392,8 @@ class Documents:
                        "updated_by": who.user_id, "owner": g_new.owner, "access": g_new.access,
                        "members": list(g_new.members)}
                 answer(doc)
-                async with self.db.transaction() as tx:
+                async with self.node.change() as change:
+                    tx = change.tx
                     n = await tx.execute(
                         """UPDATE documents SET version = version + 1, data = ?, owner = ?, access = ?, members = ?,
                            updated_at = ?, updated_by = ? WHERE collection = ? AND id = ? AND version = ?""",
@@ -399,8 +402,10 @@ class Documents:
                     )
                     if n == 1 and g_new.members != g_old.members:
                         await self._set_members(tx, collection, doc_id, g_new.members)
+                    if n == 1:
+                        self._announce(change, "DOCUMENT_UPDATED", doc, g_old, g_new)
                 if n == 1:
-                    await self._announce("DOCUMENT_UPDATED", doc, g_old, g_new)
+                    await self._recheck(doc, g_old, g_new)
                     return doc
                 # Another node wrote in between: re-read; a stated version now fails as a conflict.
         raise TetherError("unavailable", f"document {doc_id!r} is under heavy contention; retry")
@@ -416,13 +421,14 @@ class Documents:
                 gone = {"id": doc_id, "collection": collection, "version": old["version"], "deleted": True,
                         "deleted_at": now_iso(), "deleted_by": who.user_id, "reason": "deleted"}
                 answer(gone)
-                async with self.db.transaction() as tx:
-                    n = await tx.execute("DELETE FROM documents WHERE collection = ? AND id = ? AND version = ?",
-                                         collection, doc_id, old["version"])
+                async with self.node.change() as change:
+                    n = await change.tx.execute("DELETE FROM documents WHERE collection = ? AND id = ? AND version = ?",
+                                                collection, doc_id, old["version"])
                     if n == 1:
-                        await self._set_members(tx, collection, doc_id, ())
+                        await self._set_members(change.tx, collection, doc_id, ())
+                        self._announce(change, "DOCUMENT_DELETED", gone, grant_of(old), None)
                 if n == 1:
-                    await self._announce("DOCUMENT_DELETED", gone, grant_of(old), None)
+                    await self._recheck(gone, grant_of(old), None)
                     return gone
         raise TetherError("unavailable", f"document {doc_id!r} is under heavy contention; retry")
 
@@ -434,8 +440,9 @@ class Documents:
 
     # -- events ------------------------------------------------------------------
 
-    async def _announce(self, type: str, payload: dict[str, Any], before: Grant | None, after: Grant | None) -> None:
-        """Publish one change on the document's channel and on each collection scope that may read it.
+    def _announce(self, change: Change, type: str, payload: dict[str, Any], before: Grant | None,
+                  after: Grant | None) -> None:
+        """Announce one change on the document's channel and on each collection scope that may read it.
 
         Scopes that could read the document before but not after get
         ``DOCUMENT_DELETED`` (``reason: "access"``): it left their view.
@@ -444,25 +451,26 @@ class Documents:
         """
         c, doc_id = payload["collection"], payload["id"]
         channel = document_channel(c, doc_id)
-        publish = self.node.publish
-        narrowed = before is not None and after is not None and before != after
-        if narrowed:
-            await publish(ACCESS_CHANNEL, "ACCESS_CHANGED", {"channel": channel, "owner": after.owner,
-                                                             "access": after.access, "members": list(after.members)})
-        await publish(channel, type, payload)
+        emit = change.emit
+        if before is not None and after is not None and before != after:
+            emit(ACCESS_CHANNEL, "ACCESS_CHANGED", {"channel": channel, "owner": after.owner,
+                                                    "access": after.access, "members": list(after.members)})
+        emit(channel, type, payload)
         if after is None and before is not None:  # deleted: nobody keeps a subscription to a reusable id
-            await publish(ACCESS_CHANNEL, "ACCESS_CHANGED", {"channel": channel, "deleted": True})
-        if narrowed or after is None:
-            # The document's presence follows its read access (presence.{channel}): re-check its watchers.
-            await self.node.access.recheck([f"presence.{channel}"])
+            emit(ACCESS_CHANNEL, "ACCESS_CHANGED", {"channel": channel, "deleted": True})
         now_in, was_in = scope_channels(c, after), scope_channels(c, before)
         for ch in sorted(now_in):
-            await publish(ch, type, payload)
+            emit(ch, type, payload)
         if was_in - now_in:
             left = payload if type == "DOCUMENT_DELETED" else {
                 "id": doc_id, "collection": c, "version": payload["version"], "deleted": False, "reason": "access"}
             for ch in sorted(was_in - now_in):
-                await publish(ch, "DOCUMENT_DELETED", left)
+                emit(ch, "DOCUMENT_DELETED", left)
+
+    async def _recheck(self, payload: dict[str, Any], before: Grant | None, after: Grant | None) -> None:
+        """The document's presence follows its read access (presence.{channel}): re-check its watchers."""
+        if before is not None and before != after:
+            await self.node.access.recheck([f"presence.{document_channel(payload['collection'], payload['id'])}"])
 
 
 class _AccessWatch:

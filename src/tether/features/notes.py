@@ -73,7 +73,8 @@ class NotesFeature(Feature):
         return await self._load(self.node.db, sid)
 
     async def save(self, who: Identity, sid: str, body: NotesIn) -> dict[str, Any]:
-        async with self.node.db.transaction() as tx:
+        async with self.node.change() as change:
+            tx = change.tx
             acc = await self.sessions._access(tx, who, sid)
             if not acc.session["is_active"]:
                 raise TetherError("conflict", "this session has ended")
@@ -91,10 +92,11 @@ class NotesFeature(Feature):
                        WHERE session_id = ? AND version = ? RETURNING version""",
                     body.text, who.user_id, ts, sid, body.version)
             current = await self._load(tx, sid)
+            if row is not None:
+                change.emit(f"sessions.{sid}", "NOTES_UPDATED", current)
         if row is None:
             raise TetherError("conflict", f"the notes changed since version {body.version}: "
                               f"they are at version {current['version']}", notes=current)
-        await self.node.publish(f"sessions.{sid}", "NOTES_UPDATED", current)
         return current
 
     def ops(self) -> dict[str, Op]:

@@ -1,7 +1,7 @@
 """Live sessions (SPEC §4.4): rooms with a host, participants and chat, updated live.
 
-:class:`Sessions` is the domain: SQL through ``node.db`` and events through
-``node.publish``, nothing else. REST routes and WebSocket ops are thin adapters
+:class:`Sessions` is the domain: SQL and its events through ``node.change()``
+(an event commits with the change it announces), nothing else. REST routes and WebSocket ops are thin adapters
 that validate with the same pydantic models and call the same methods.
 
 Who sees what (docs/sessions.md):
@@ -38,6 +38,7 @@ from tether.core.connection import Connection, Op
 from tether.core.idempotency import scope
 from tether.core.namespaces import Namespace
 from tether.core.node import Feature
+from tether.core.outbox import Change
 from tether.core.rest import Caller, JsonInt, NodeDep
 from tether.storage.database import Queries, Row
 from tether.wire.errors import TetherError, forbidden, not_found
@@ -329,11 +330,12 @@ class Sessions:
                             stream_id, sid, msg["seq"])
         return message_out(msg)
 
-    async def _publish_session(self, type: str, session: dict[str, Any], *, browse: bool = True) -> None:
+    @staticmethod
+    def _publish_session(change: Change, type: str, session: dict[str, Any], *, browse: bool = True) -> None:
         """A change of the session itself: its own channel, and the browse list when public."""
-        await self.node.publish(f"sessions.{session['id']}", type, session)
+        change.emit(f"sessions.{session['id']}", type, session)
         if browse and not session["is_private"]:
-            await self.node.publish("sessions", type, session)
+            change.emit("sessions", type, session)
 
     async def _row(self, q: Queries, sid: str) -> Row:
         row = await q.fetchone("SELECT * FROM sessions WHERE id = ?", sid)
@@ -346,7 +348,8 @@ class Sessions:
         host = self.actor(who, body.user_id)
         sid, ts = str(uuid.uuid4()), now()
         async with self._lock(sid):
-            async with self.node.db.transaction() as tx:
+            async with self.node.change() as change:
+                tx = change.tx
                 await tx.execute(
                     """INSERT INTO sessions (id, title, description, category, tags, max_participants,
                            current_participants, is_private, host_id, is_active, created_at, updated_at,
@@ -359,8 +362,8 @@ class Sessions:
                     "INSERT INTO session_participants (session_id, user_id, user_name, joined_at, left_at) VALUES (?, ?, ?, ?, NULL)",
                     sid, host, body.user_name or host, ts)
                 session = session_out(await self._row(tx, sid))
-            if not session["is_private"]:
-                await self.node.publish("sessions", "SESSION_CREATED", session)
+                if not session["is_private"]:
+                    change.emit("sessions", "SESSION_CREATED", session)
         return session
 
     @staticmethod
@@ -406,7 +409,8 @@ class Sessions:
 
     async def update(self, who: Identity, sid: str, patch: SessionPatch) -> dict[str, Any]:
         async with self._lock(sid):
-            async with self.node.db.transaction() as tx:
+            async with self.node.change() as change:
+                tx = change.tx
                 acc = await self._access(tx, who, sid)
                 s = acc.session
                 if not acc.host:
@@ -438,20 +442,21 @@ class Sessions:
                 if "tags" in fields:
                     await self._set_tags(tx, sid, fields["tags"])
                 session = session_out(await self._row(tx, sid))
-            await self._publish_session("SESSION_UPDATED", session)
+                self._publish_session(change, "SESSION_UPDATED", session)
         return session
 
     async def end(self, who: Identity, sid: str) -> dict[str, Any]:
         async with self._lock(sid):
-            async with self.node.db.transaction() as tx:
+            async with self.node.change() as change:
+                tx = change.tx
                 acc = await self._access(tx, who, sid)
                 if not acc.host:
                     raise forbidden("only the host may end this session")
                 if not acc.session["is_active"]:
                     raise conflict("this session has already ended", session=session_out(acc.session))
                 session, message = await self._end(tx, sid, "The session has ended")
-            await self.node.publish(f"sessions.{sid}", "MESSAGE_CREATED", message)
-            await self._publish_session("SESSION_ENDED", session)
+                change.emit(f"sessions.{sid}", "MESSAGE_CREATED", message)
+                self._publish_session(change, "SESSION_ENDED", session)
         return session
 
     async def _end(self, tx: Queries, sid: str, text: str) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -468,7 +473,8 @@ class Sessions:
     async def join(self, who: Identity, sid: str, body: JoinIn) -> dict[str, Any]:
         user = self.actor(who, body.user_id)
         async with self._lock(sid):
-            async with self.node.db.transaction() as tx:
+            async with self.node.change() as change:
+                tx = change.tx
                 acc = await self._access(tx, who, sid, user)
                 s = acc.session
                 if not s["is_active"]:
@@ -499,19 +505,20 @@ class Sessions:
                     raise conflict(f"session is full: all {now_row['max_participants']} seats are taken")
                 message = await self._system(tx, sid, f"{name} joined")
                 session = session_out(await self._row(tx, sid))
-            participant = participant_out(part, session["host_id"])  # type: ignore[arg-type]
-            await self.node.publish(f"sessions.{sid}", "PARTICIPANT_JOINED", {
-                "session_id": sid, "participant": participant, "current_participants": session["current_participants"]})
-            await self.node.publish(f"sessions.{sid}", "MESSAGE_CREATED", message)
-            if not session["is_private"]:
-                await self.node.publish("sessions", "SESSION_UPDATED", session)
+                participant = participant_out(part, session["host_id"])  # type: ignore[arg-type]
+                change.emit(f"sessions.{sid}", "PARTICIPANT_JOINED", {
+                    "session_id": sid, "participant": participant, "current_participants": session["current_participants"]})
+                change.emit(f"sessions.{sid}", "MESSAGE_CREATED", message)
+                if not session["is_private"]:
+                    change.emit("sessions", "SESSION_UPDATED", session)
         return {"joined": True, "session": session, "participant": participant}
 
     async def leave(self, who: Identity, sid: str, body: LeaveIn) -> dict[str, Any]:
         """Leave; a leaving host hands the role to the earliest-joined participant, or ends an empty session."""
         user = self.actor(who, body.user_id)
         async with self._lock(sid):
-            async with self.node.db.transaction() as tx:
+            async with self.node.change() as change:
+                tx = change.tx
                 acc = await self._access(tx, who, sid, user)
                 ts = now()
                 left = await tx.execute(
@@ -522,34 +529,34 @@ class Sessions:
                 await tx.execute("UPDATE sessions SET current_participants = current_participants - 1 WHERE id = ?", sid)
                 name = acc.part["user_name"] if acc.part else user
                 messages = [await self._system(tx, sid, f"{name} left")]
-                change = None
+                kind = None
                 if acc.session["host_id"] == user:
                     heir = await tx.fetchone(
                         """SELECT user_id, user_name FROM session_participants WHERE session_id = ? AND left_at IS NULL
                            ORDER BY joined_at, user_id LIMIT 1""", sid)
                     if heir is None:
                         session, msg = await self._end(tx, sid, "The session has ended: the host left")
-                        change = "SESSION_ENDED"
+                        kind = "SESSION_ENDED"
                     else:
                         await tx.execute("UPDATE sessions SET host_id = ?, version = version + 1, updated_at = ? WHERE id = ?",
                                          heir["user_id"], ts, sid)
                         msg = await self._system(tx, sid, f"{heir['user_name']} is now the host")
-                        change = "SESSION_UPDATED"
+                        kind = "SESSION_UPDATED"
                     messages.append(msg)
                 part = await tx.fetchone(
                     "SELECT * FROM session_participants WHERE session_id = ? AND user_id = ?", sid, user)
                 session = session_out(await self._row(tx, sid))
                 still_reader = acc.invited or not session["is_active"]
-            participant = participant_out(part, session["host_id"])  # type: ignore[arg-type]
-            channel = f"sessions.{sid}"
-            await self.node.publish(channel, "PARTICIPANT_LEFT", {
-                "session_id": sid, "participant": participant, "current_participants": session["current_participants"]})
-            for msg in messages:
-                await self.node.publish(channel, "MESSAGE_CREATED", msg)
-            if change:
-                await self._publish_session(change, session)
-            elif not session["is_private"]:
-                await self.node.publish("sessions", "SESSION_UPDATED", session)
+                participant = participant_out(part, session["host_id"])  # type: ignore[arg-type]
+                channel = f"sessions.{sid}"
+                change.emit(channel, "PARTICIPANT_LEFT", {
+                    "session_id": sid, "participant": participant, "current_participants": session["current_participants"]})
+                for msg in messages:
+                    change.emit(channel, "MESSAGE_CREATED", msg)
+                if kind:
+                    self._publish_session(change, kind, session)
+                elif not session["is_private"]:
+                    change.emit("sessions", "SESSION_UPDATED", session)
             if not still_reader:
                 # Someone who left no longer reads the chat nor sees who is there: every node
                 # re-checks their subscriptions of the session and of its presence.
@@ -566,7 +573,8 @@ class Sessions:
         if not valid_id(body.user_id):
             raise TetherError("bad_request", "user_id: not a valid user id", status=422, field="user_id")
         async with self._lock(sid):
-            async with self.node.db.transaction() as tx:
+            async with self.node.change() as change:
+                tx = change.tx
                 acc = await self._access(tx, who, sid)
                 if not acc.host:
                     raise forbidden("only the host may invite to this session")
@@ -577,9 +585,9 @@ class Sessions:
                     """INSERT INTO session_invites (session_id, user_id, invited_by, invited_at) VALUES (?, ?, ?, ?)
                        ON CONFLICT (session_id, user_id) DO NOTHING""", sid, body.user_id, who.user_id, ts)
                 session = session_out(acc.session)
-            if fresh:
-                await self.node.publish(f"users.{body.user_id}", "SESSION_INVITED",
-                                        {"session": session, "invited_by": who.user_id})
+                if fresh:
+                    change.emit(f"users.{body.user_id}", "SESSION_INVITED",
+                                {"session": session, "invited_by": who.user_id})
         return {"session_id": sid, "user_id": body.user_id, "invited": True}
 
     # -- chat -------------------------------------------------------------------
@@ -587,14 +595,15 @@ class Sessions:
     async def post(self, who: Identity, sid: str, body: MessageIn) -> dict[str, Any]:
         user = self.actor(who, body.user_id)
         async with self._lock(sid):
-            async with self.node.db.transaction() as tx:
+            async with self.node.change() as change:
+                tx = change.tx
                 acc = await self._access(tx, who, sid, user)
                 if not acc.session["is_active"]:
                     raise conflict("this session has ended")
                 if not acc.present:
                     raise forbidden("only participants post in this session: join it first")
                 message = await self._insert_message(tx, sid, user, acc.part["user_name"], body.message, body.message_type)  # type: ignore[index]
-            await self.node.publish(f"sessions.{sid}", "MESSAGE_CREATED", message)
+                change.emit(f"sessions.{sid}", "MESSAGE_CREATED", message)
         return message
 
     async def stream_author(self, who: Identity, sid: str, user_id: str | None) -> tuple[str, str]:
@@ -613,7 +622,8 @@ class Sessions:
     async def post_stream(self, who: Identity, sid: str, stream_id: str, text: str, meta: dict[str, Any]) -> dict[str, Any]:
         """A finished stream as one chat message (once per stream: a repeat returns the stored one)."""
         async with self._lock(sid):
-            async with self.node.db.transaction() as tx:
+            async with self.node.change() as change:
+                tx = change.tx
                 done = await tx.fetchone(
                     """SELECT m.*, x.stream_id FROM session_stream_messages x JOIN session_messages m
                        ON m.session_id = x.session_id AND m.seq = x.seq WHERE x.stream_id = ?""", stream_id)
@@ -627,7 +637,7 @@ class Sessions:
                     raise forbidden("only participants post in this session: the stream's writer left it")
                 message = await self._insert_message(tx, sid, author, meta["user_name"], text, meta["message_type"],
                                                      stream_id)
-            await self.node.publish(f"sessions.{sid}", "MESSAGE_CREATED", message)
+                change.emit(f"sessions.{sid}", "MESSAGE_CREATED", message)
         return message
 
     async def messages(self, who: Identity, sid: str, query: MessagesQuery) -> dict[str, Any]:
