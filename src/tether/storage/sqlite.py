@@ -39,16 +39,15 @@ class _Queries:
         self.changed += max(cur.rowcount, 0)
 
     async def fetchone(self, sql: str, *args: Any) -> Row | None:
-        cur = await self._run(sql, args)
-        row = await cur.fetchone()
-        if row is not None and is_write(sql):  # INSERT/UPDATE … RETURNING
-            self.changed += 1
-        return dict(row) if row is not None else None
+        rows = await self.fetchall(sql, *args)
+        return rows[0] if rows else None
 
     async def fetchall(self, sql: str, *args: Any) -> list[Row]:
-        cur = await self._run(sql, args)
-        rows = [dict(r) for r in await cur.fetchall()]
-        if is_write(sql):
+        try:  # one trip to the database thread, not two (execute, then fetch)
+            rows = [dict(r) for r in await self._conn.execute_fetchall(sql, args)]
+        except OverflowError:
+            raise out_of_range() from None
+        if is_write(sql):  # INSERT/UPDATE … RETURNING
             self.changed += len(rows)
         return rows
 
