@@ -71,6 +71,14 @@ export class Server {
       await done;
     }
   }
+  /** SIGTERM: the node drains (its clients are closed with 1012) and exits by itself. */
+  async terminate() {
+    if (this.proc && this.proc.exitCode === null) {
+      const done = new Promise((r) => this.proc.once("exit", r));
+      this.proc.kill("SIGTERM");
+      return await done;
+    }
+  }
   async stop() {
     await this.kill();
     rmSync(this.dataDir, { recursive: true, force: true });
