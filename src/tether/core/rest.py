@@ -19,11 +19,11 @@ from tether.wire.errors import TetherError
 from tether.wire.jsoncheck import INT_MAX
 
 
-def get_node(request: Request) -> Node:
+async def get_node(request: Request) -> Node:
     return request.app.state.node  # type: ignore[no-any-return]
 
 
-def get_caller(request: Request) -> Identity:
+async def get_caller(request: Request) -> Identity:
     node: Node = request.app.state.node
     who = node.auth.headers(request.headers.get("authorization"), request.headers.get("x-api-key"))
     if not who.is_server:  # a backend with the API key is trusted with its own pace

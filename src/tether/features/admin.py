@@ -53,8 +53,8 @@ BEARER = HTTPBearer(auto_error=False, scheme_name="bearer",
                     description="A JWT whose `roles` claim contains `admin`.")
 
 
-def get_admin(request: Request, key: Annotated[str | None, Security(API_KEY)],
-              _: Annotated[Any, Security(BEARER)]) -> Identity:
+async def get_admin(request: Request, key: Annotated[str | None, Security(API_KEY)],
+                    _: Annotated[Any, Security(BEARER)]) -> Identity:
     node: Node = request.app.state.node
     who = node.auth.headers(request.headers.get("authorization"), key)  # no credentials: 401
     if not who.is_admin:
