@@ -133,8 +133,21 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
+def _lat(r: dict[str, Any], key: str) -> str:
+    """A latency median, with the min–max over the windows when there were several."""
+    runs = [v for v in r.get(key + "_runs") or [] if v is not None]
+    if len(runs) < 2:
+        return _fmt(r.get(key))
+    return f"{_fmt(r.get(key))} ({min(runs):.1f}–{max(runs):.1f})"
+
+
+def _row(r: dict[str, Any]) -> list[str]:
+    return [_lat(r, k) if k in ("p50_ms", "p99_ms", "p999_ms") else _fmt(r.get(k))
+            for k in METRICS + ["deliveries_per_server_cpu_s", "server_cpu_pct", "loadgen_cpu_pct"]]
+
+
 def table(results: dict[str, Any], workloads: list[str], systems: list[str]) -> Table:
-    t = Table(title="Tether vs peers (same machine, same run)")
+    t = Table(title="Tether vs peers (same machine, same run; latency: median (min–max) over the windows)")
     t.add_column("workload")
     t.add_column("system")
     for m in ["deliveries/s", "p50 ms", "p99 ms", "p99.9 ms", "bytes/conn", "per server CPU-s", "server CPU %", "loadgen CPU %"]:
@@ -156,10 +169,9 @@ def table(results: dict[str, Any], workloads: list[str], systems: list[str]) -> 
                 t.add_row(w, s, f"{r['recovered_clients']}/{r['clients']} in {r['all_recovered_s']} s",
                           _fmt(r["p50_ms"]), _fmt(r["p99_ms"]))
                 continue
-            t.add_row(w, s, *(_fmt(r.get(k)) for k in METRICS + ["deliveries_per_server_cpu_s", "server_cpu_pct", "loadgen_cpu_pct"]))
+            t.add_row(w, s, *_row(r))
             if w == "cluster":
-                one = r["nodes_1"]
-                t.add_row("cluster (1 node)", s, *(_fmt(one.get(k)) for k in METRICS + ["deliveries_per_server_cpu_s", "server_cpu_pct", "loadgen_cpu_pct"]))
+                t.add_row("cluster (1 node)", s, *_row(r["nodes_1"]))
     return t
 
 
