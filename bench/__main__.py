@@ -169,9 +169,11 @@ def table(results: dict[str, Any], workloads: list[str], systems: list[str]) -> 
                 t.add_row(w, s, f"{r['recovered_clients']}/{r['clients']} in {r['all_recovered_s']} s",
                           _fmt(r["p50_ms"]), _fmt(r["p99_ms"]))
                 continue
-            t.add_row(w, s, *_row(r))
             if w == "cluster":
                 t.add_row("cluster (1 node)", s, *_row(r["nodes_1"]))
+                t.add_row(f"cluster ({r.get('nodes', 2)} nodes)", s, *_row(r))
+                continue
+            t.add_row(w, s, *_row(r))
     return t
 
 

@@ -140,13 +140,15 @@ def window(load: Load, servers: list[Server], pids: list[int], sizes: Sizes, sta
         return sum(cpu_seconds(s.pid) for s in servers)
 
     d0, t0 = load.delivered(), time.monotonic()
+    each0 = [cpu_seconds(s.pid) for s in servers]
     s0, c0, m0 = server_cpu(), sum(cpu_seconds(p) for p in pids), machine_busy()
     status("saturating")
     time.sleep(sizes.seconds)
     d1, t1 = load.delivered(), time.monotonic()
     s1, c1, m1 = server_cpu(), sum(cpu_seconds(p) for p in pids), machine_busy()
     wall = t1 - t0
-    return {
+    each = [cpu_seconds(s.pid) for s in servers]
+    result = {
         "deliveries_per_s": round((d1 - d0) / wall),
         # On a shared machine the server may not get a whole core; this one is comparable anyway.
         "deliveries_per_server_cpu_s": round((d1 - d0) / (s1 - s0)) if s1 > s0 else None,
@@ -155,6 +157,9 @@ def window(load: Load, servers: list[Server], pids: list[int], sizes: Sizes, sta
         # Share of all the machine's cores busy (100 = none left for a faster run).
         "machine_busy_pct": round(100 * (m1[0] - m0[0]) / (m1[1] - m0[1])) if m1[1] > m0[1] else None,
     }
+    if len(servers) > 1:  # how evenly the nodes shared the work
+        result["server_cpu_pct_each"] = [round(100 * (e1 - e0) / wall) for e0, e1 in zip(each0, each)]
+    return result
 
 
 def latency_windows(load: Load, servers: list[Server], sizes: Sizes, status: Status) -> dict[str, Any]:
@@ -283,39 +288,43 @@ def idle(system: str, sizes: Sizes, status: Status) -> dict[str, Any]:
 
 
 def cluster(system: str, sizes: Sizes, status: Status) -> dict[str, Any]:
-    """Workload 1 on PostgreSQL + Redis: one node, then two nodes sharing them (subscribers split)."""
+    """Workload 1 on PostgreSQL + Redis: one node, then ``sizes.nodes`` nodes sharing them
+    (subscribers split evenly, the publisher on the first node)."""
+    import dataclasses
     import uuid
 
     from bench.systems import drop_scaled, scaled_env
 
-    import dataclasses
-
+    n = max(2, sizes.nodes)
     sizes = dataclasses.replace(sizes, pin=0)  # N nodes, Redis and PostgreSQL on one CPU would measure the squeeze
-    out: dict[str, Any] = {"subscribers": sizes.fanout}
-    for nodes in (1, 2):
+    out: dict[str, Any] = {"subscribers": sizes.fanout, "nodes": n}
+    for nodes in (1, n):
         tag = f"bench_{nodes}n_{uuid.uuid4().hex[:8]}"
         env = scaled_env(tag)
         servers: list[Server] = []
         try:
             for _ in range(nodes):
                 servers.append(Server(system, env=env))
-            out[f"nodes_{nodes}"] = fanout_on(system, servers, sizes, lambda t, n=nodes: status(f"{n} node(s): {t}"))
+            out[f"nodes_{nodes}"] = fanout_on(system, servers, sizes, lambda t, k=nodes: status(f"{k} node(s): {t}"))
         finally:
             for s in servers:
                 s.stop()
             drop_scaled(tag)
-    one, two = out["nodes_1"], out["nodes_2"]
-    out.update({k: two[k] for k in ("deliveries_per_s", "p50_ms", "p99_ms", "p999_ms", "deliveries_per_server_cpu_s",
-                                    "server_cpu_pct", "loadgen_cpu_pct")})
-    out["ratio_2_to_1"] = round(two["deliveries_per_s"] / one["deliveries_per_s"], 2) if one["deliveries_per_s"] else None
-    # What a second node adds where each node has cores of its own: deliveries per server CPU-second.
-    if one.get("deliveries_per_server_cpu_s") and two.get("deliveries_per_server_cpu_s"):
-        out["ratio_2_to_1_per_server_cpu"] = round(two["deliveries_per_server_cpu_s"] / one["deliveries_per_server_cpu_s"], 2)
-    # The most any second node could add here: the cores the one-node run left idle.
+    one, many = out["nodes_1"], out[f"nodes_{n}"]
+    out.update({k: many[k] for k in ("deliveries_per_s", "p50_ms", "p99_ms", "p999_ms", "p50_ms_runs", "p99_ms_runs",
+                                     "p999_ms_runs", "deliveries_per_server_cpu_s", "server_cpu_pct", "loadgen_cpu_pct",
+                                     "machine_busy_pct")})
+    # Deliveries per server CPU-second, one node against N (the N nodes' CPU summed).
+    out["deliveries_per_server_cpu_s_1_node"] = one.get("deliveries_per_server_cpu_s")
+    out[f"deliveries_per_server_cpu_s_{n}_nodes"] = many.get("deliveries_per_server_cpu_s")
+    out[f"ratio_{n}_to_1"] = round(many["deliveries_per_s"] / one["deliveries_per_s"], 2) if one["deliveries_per_s"] else None
+    # What each added node adds where each node has cores of its own: deliveries per server CPU-second.
+    if one.get("deliveries_per_server_cpu_s") and many.get("deliveries_per_server_cpu_s"):
+        out[f"ratio_{n}_to_1_per_server_cpu"] = round(many["deliveries_per_server_cpu_s"] / one["deliveries_per_server_cpu_s"], 2)
+    # The most any added node could add here: the cores the one-node run left idle.
     if one.get("machine_busy_pct"):
-        out["ratio_2_to_1_ceiling"] = round(100 / one["machine_busy_pct"], 2)
+        out[f"ratio_{n}_to_1_ceiling"] = round(100 / one["machine_busy_pct"], 2)
     return out
-
 
 
 WORKLOADS: dict[str, Callable[[str, Sizes, Status], dict[str, Any]]] = {
