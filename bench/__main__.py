@@ -28,7 +28,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from bench import run
+from bench import ops, run
 from bench.systems import ROOT, SYSTEMS, Unavailable, check
 
 METRICS = ["deliveries_per_s", "p50_ms", "p99_ms", "p999_ms", "bytes_per_connection"]
@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                   TimeElapsedColumn(), console=console, transient=False) as progress:
-        plan = [(w, s) for w in workloads for s in systems if w not in run.TETHER_ONLY or s == "tether"]
+        plan = [(w, s) for w in workloads for s in systems if run.runs_on(w, s)]
         overall = progress.add_task("all", total=len(plan))
         for w in workloads:
             for s in systems:
@@ -102,6 +102,8 @@ def main(argv: list[str] | None = None) -> int:
                         traceback.print_exc(file=sys.stderr)
                 progress.advance(overall)
 
+    if "ops" in results:
+        ops.compare(results["ops"])
     results["meta"] = {
         "command": "python -m bench " + " ".join(argv if argv is not None else sys.argv[1:]),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
@@ -162,8 +164,12 @@ def table(results: dict[str, Any], workloads: list[str], systems: list[str]) -> 
                 continue
             if w == "ops":
                 for name, o in r.items():
-                    if isinstance(o, dict):
-                        t.add_row(f"ops {name}", s, f"{o['ops_per_s']:,} ops/s", _fmt(o["p50_ms"]), _fmt(o["p99_ms"]))
+                    if isinstance(o, dict) and "ops_per_s" in o:
+                        t.add_row(f"ops {name}", s, f"{o['ops_per_s']:,} ops/s", _fmt(o["p50_ms"]), _fmt(o["p99_ms"]), "", "",
+                                  "", _fmt(o.get("server_cpu_pct")), _fmt(o.get("loadgen_cpu_pct")))
+                ratios = results[w].get("tether", {}).get("ratio_to_" + s.replace("-", "_"), {})
+                for name, q in ratios.items():  # after the peer's own rows
+                    t.add_row(f"ops {name}", f"tether / {s}", f"{q['ops_per_s']}× ops/s", "", f"{q['p99_ms']}× p99")
                 continue
             if w == "recovery":
                 t.add_row(w, s, f"{r['recovered_clients']}/{r['clients']} in {r['all_recovered_s']} s",

@@ -13,7 +13,7 @@ from typing import Any, Callable
 from bench import ops as _ops
 from bench import pin, workers
 from bench.stats import ctx, percentile
-from bench.systems import Server, cpu_seconds, machine_busy
+from bench.systems import REST_ONLY, Server, cpu_seconds, machine_busy
 
 
 @dataclass
@@ -336,7 +336,14 @@ WORKLOADS: dict[str, Callable[[str, Sizes, Status], dict[str, Any]]] = {
     "recovery": _ops.recovery,
     "cluster": cluster,
 }
-TETHER_ONLY = {"ops", "recovery", "cluster"}
+TETHER_ONLY = {"recovery", "cluster"}
+
+
+def runs_on(workload: str, system: str) -> bool:
+    """Does this workload run on this system? REST-only peers serve the ops workload only."""
+    if system in REST_ONLY:
+        return workload == "ops"
+    return workload not in TETHER_ONLY | {"ops"} or system == "tether"
 
 
 def machine() -> dict[str, Any]:

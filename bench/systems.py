@@ -17,7 +17,9 @@ PEERS = ROOT / "bench" / "peers"
 NODE_PEER = PEERS / "socketio-node"
 
 API_KEY = "bench-api-key"
-SYSTEMS = ["tether", "websockets-broadcast", "python-socketio", "socket.io-node"]
+SYSTEMS = ["tether", "websockets-broadcast", "python-socketio", "socket.io-node", "fastapi-redis", "http-noop"]
+# REST-only peers: they serve the ops workload's REST ops, nothing over WebSocket.
+REST_ONLY = {"fastapi-redis", "http-noop"}
 
 
 class Unavailable(Exception):
@@ -93,6 +95,14 @@ def check(system: str) -> None:
             raise Unavailable("python-socketio is not installed: pip install -e '.[bench]'") from None
     elif system == "socket.io-node":
         ensure_node_peer()
+    elif system == "fastapi-redis":
+        from urllib.parse import urlsplit
+
+        u = urlsplit(REDIS_URL)
+        try:
+            socket.create_connection((u.hostname or "127.0.0.1", u.port or 6379), timeout=1).close()
+        except OSError:
+            raise Unavailable(f"{REDIS_URL} is not reachable (set BENCH_REDIS_URL)") from None
 
 
 class Server:
@@ -119,6 +129,8 @@ class Server:
             "websockets-broadcast": [py, str(PEERS / "ws_broadcast.py"), p],
             "python-socketio": [py, str(PEERS / "socketio_py.py"), p],
             "socket.io-node": ["node", str(NODE_PEER / "server.js"), p],
+            "fastapi-redis": [py, str(PEERS / "rest_redis.py"), p],
+            "http-noop": [py, str(PEERS / "http_noop.py"), p],
         }[system]
         self.log = open(self.dir / "server.log", "ab")
         self.proc = subprocess.Popen(cmd, env=self.env, stdout=self.log, stderr=subprocess.STDOUT, cwd=ROOT)
