@@ -167,9 +167,10 @@ def table(results: dict[str, Any], workloads: list[str], systems: list[str]) -> 
                     if isinstance(o, dict) and "ops_per_s" in o:
                         t.add_row(f"ops {name}", s, f"{o['ops_per_s']:,} ops/s", _fmt(o["p50_ms"]), _fmt(o["p99_ms"]), "", "",
                                   "", _fmt(o.get("server_cpu_pct")), _fmt(o.get("loadgen_cpu_pct")))
-                ratios = results[w].get("tether", {}).get("ratio_to_" + s.replace("-", "_"), {})
-                for name, q in ratios.items():  # after the peer's own rows
-                    t.add_row(f"ops {name}", f"tether / {s}", f"{q['ops_per_s']}× ops/s", "", f"{q['p99_ms']}× p99")
+                for variant in ("tether", "tether-redis"):  # after the peer's own rows
+                    ratios = results[w].get(variant, {}).get("ratio_to_" + s.replace("-", "_"), {})
+                    for name, q in ratios.items():
+                        t.add_row(f"ops {name}", f"{variant} / {s}", f"{q['ops_per_s']}× ops/s", "", f"{q['p99_ms']}× p99")
                 continue
             if w == "recovery":
                 t.add_row(w, s, f"{r['recovered_clients']}/{r['clients']} in {r['all_recovered_s']} s",

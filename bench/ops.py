@@ -242,6 +242,7 @@ def run_op(port: int, transport: str, op: str, clients: int, procs: int, seconds
 # "noop" is GET /livez (the HTTP stack's floor); on http-noop, the load generator's ceiling.
 SERVES: dict[str, list[tuple[str, str]]] = {
     "tether": [("rest", op) for op in OPS + ["noop"]] + [("ws", op) for op in OPS],
+    "tether-redis": [("rest", op) for op in OPS + ["noop"]],  # REST only: the peer's comparison
     "fastapi-redis": [("rest", "presence"), ("rest", "lock"), ("rest", "noop")],
     "http-noop": [("rest", "noop")],
 }
@@ -249,7 +250,12 @@ PEER = "fastapi-redis"  # the REST peer Tether's ratios are taken against
 
 
 def ops(system: str, sizes: Any, status: Callable[[str], None]) -> dict[str, Any]:
-    server = Server(system)
+    import uuid
+
+    from bench.systems import drop_scaled, scaled_env
+
+    tag = f"bench_ops_{uuid.uuid4().hex[:8]}" if system == "tether-redis" else None
+    server = Server(system, env=scaled_env(tag) if tag else None)
     try:
         out: dict[str, Any] = {"clients": sizes.op_clients, "procs": max(1, min(sizes.procs, sizes.op_clients))}
         for transport, op in SERVES[system]:
@@ -259,21 +265,27 @@ def ops(system: str, sizes: Any, status: Callable[[str], None]) -> dict[str, Any
         return out
     finally:
         server.stop()
+        if tag:
+            drop_scaled(tag)
 
 
 def compare(results: dict[str, Any]) -> None:
-    """Tether over the REST peer, op by op, when both ran without error: ``ratio_to_<peer>``
-    in Tether's entry, ``{"ops_per_s": tether/peer, "p99_ms": tether/peer}`` per op."""
-    t, p = results.get("tether"), results.get(PEER)
-    if not t or not p or "error" in t or "error" in p:
+    """Tether (each way it ran) over the REST peer, op by op, when both ran without error:
+    ``ratio_to_<peer>`` in Tether's entry, ``{"ops_per_s": tether/peer, "p99_ms": tether/peer}`` per op."""
+    p = results.get(PEER)
+    if not p or "error" in p:
         return
-    ratios: dict[str, Any] = {}
-    for name, theirs in p.items():
-        ours = t.get(name)
-        if isinstance(theirs, dict) and isinstance(ours, dict) and theirs.get("ops_per_s") and theirs.get("p99_ms"):
-            ratios[name] = {"ops_per_s": round(ours["ops_per_s"] / theirs["ops_per_s"], 2),
-                            "p99_ms": round(ours["p99_ms"] / theirs["p99_ms"], 2) if ours.get("p99_ms") else None}
-    t["ratio_to_" + PEER.replace("-", "_")] = ratios
+    for variant in ("tether", "tether-redis"):
+        t = results.get(variant)
+        if not t or "error" in t:
+            continue
+        ratios: dict[str, Any] = {}
+        for name, theirs in p.items():
+            ours = t.get(name)
+            if isinstance(theirs, dict) and isinstance(ours, dict) and theirs.get("ops_per_s") and theirs.get("p99_ms"):
+                ratios[name] = {"ops_per_s": round(ours["ops_per_s"] / theirs["ops_per_s"], 2),
+                                "p99_ms": round(ours["p99_ms"] / theirs["p99_ms"], 2) if ours.get("p99_ms") else None}
+        t["ratio_to_" + PEER.replace("-", "_")] = ratios
 
 
 # -- recovery of N clients after the server is SIGKILLed and restarted ---------------

@@ -13,7 +13,7 @@ from typing import Any, Callable
 from bench import ops as _ops
 from bench import pin, workers
 from bench.stats import ctx, percentile
-from bench.systems import REST_ONLY, Server, cpu_seconds, machine_busy
+from bench.systems import OPS_ONLY, Server, cpu_seconds, machine_busy
 
 
 @dataclass
@@ -340,8 +340,8 @@ TETHER_ONLY = {"recovery", "cluster"}
 
 
 def runs_on(workload: str, system: str) -> bool:
-    """Does this workload run on this system? REST-only peers serve the ops workload only."""
-    if system in REST_ONLY:
+    """Does this workload run on this system? Some systems serve the ops workload only."""
+    if system in OPS_ONLY:
         return workload == "ops"
     return workload not in TETHER_ONLY | {"ops"} or system == "tether"
 

@@ -17,9 +17,11 @@ PEERS = ROOT / "bench" / "peers"
 NODE_PEER = PEERS / "socketio-node"
 
 API_KEY = "bench-api-key"
-SYSTEMS = ["tether", "websockets-broadcast", "python-socketio", "socket.io-node", "fastapi-redis", "http-noop"]
-# REST-only peers: they serve the ops workload's REST ops, nothing over WebSocket.
-REST_ONLY = {"fastapi-redis", "http-noop"}
+SYSTEMS = ["tether", "websockets-broadcast", "python-socketio", "socket.io-node", "tether-redis", "fastapi-redis",
+           "http-noop"]
+# Systems of the ops workload only: Tether on PostgreSQL + Redis (presence and locks in Redis, like
+# the REST peer's), and the REST peers, which serve some REST ops and nothing over WebSocket.
+OPS_ONLY = {"tether-redis", "fastapi-redis", "http-noop"}
 
 
 class Unavailable(Exception):
@@ -95,6 +97,8 @@ def check(system: str) -> None:
             raise Unavailable("python-socketio is not installed: pip install -e '.[bench]'") from None
     elif system == "socket.io-node":
         ensure_node_peer()
+    elif system == "tether-redis":
+        scaled_env("check")  # raises Unavailable when PostgreSQL or Redis is not reachable
     elif system == "fastapi-redis":
         from urllib.parse import urlsplit
 
@@ -120,12 +124,14 @@ class Server:
         system = self.system
         py = sys.executable
         p = str(self.port)
+        # Limits raised so the bench measures throughput, not the abuse guards.
+        tether = [py, "-m", "tether", "serve", "--port", p, "--data-dir", str(self.dir),
+                  "--rate-per-connection", "1e9", "--rate-burst", "1000000000", "--rate-per-user", "1e9",
+                  "--rest-rate-per-user", "1e9", "--rest-rate-burst", "1000000000",
+                  "--api-key", API_KEY, "--log-level", "warning"]
         cmd = {
-            # Limits raised so the bench measures throughput, not the abuse guards.
-            "tether": [py, "-m", "tether", "serve", "--port", p, "--data-dir", str(self.dir),
-                       "--rate-per-connection", "1e9", "--rate-burst", "1000000000", "--rate-per-user", "1e9",
-                       "--rest-rate-per-user", "1e9", "--rest-rate-burst", "1000000000",
-                       "--api-key", API_KEY, "--log-level", "warning"],
+            "tether": tether,
+            "tether-redis": tether,  # with scaled_env() in ``env``
             "websockets-broadcast": [py, str(PEERS / "ws_broadcast.py"), p],
             "python-socketio": [py, str(PEERS / "socketio_py.py"), p],
             "socket.io-node": ["node", str(NODE_PEER / "server.js"), p],
