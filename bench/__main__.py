@@ -43,8 +43,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workloads", default=",".join(run.WORKLOADS), help="comma-separated, from: " + ", ".join(run.WORKLOADS))
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "latest.json")
     ap.add_argument("--chart", default=str(ROOT / "docs" / "benchmarks.png"), help="PNG to write ('' for none)")
+    about = {"repeat": "latency windows per system, reported as their median (quick 3, smoke 1)",
+             "pin": "1: during latency windows, server on one CPU and load generator on the others; 0: no pinning",
+             "nodes": "cluster workload: one node, then this many"}
     for f in dataclasses.fields(run.Sizes):
-        ap.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=None, help=f"override size (full: {f.default})")
+        ap.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=None,
+                        help=f"{about.get(f.name, 'override size')} (full: {f.default})")
     args = ap.parse_args(argv)
 
     sizes = run.SMOKE if args.smoke else run.QUICK if args.quick else run.Sizes()
