@@ -28,7 +28,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from bench import run
+from bench import ops, run
 from bench.systems import ROOT, SYSTEMS, Unavailable, check
 
 METRICS = ["deliveries_per_s", "p50_ms", "p99_ms", "p999_ms", "bytes_per_connection"]
@@ -43,8 +43,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workloads", default=",".join(run.WORKLOADS), help="comma-separated, from: " + ", ".join(run.WORKLOADS))
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "latest.json")
     ap.add_argument("--chart", default=str(ROOT / "docs" / "benchmarks.png"), help="PNG to write ('' for none)")
+    about = {"repeat": "latency windows per system, reported as their median (quick 3, smoke 1)",
+             "pin": "1: during latency windows, server on one CPU and load generator on the others; 0: no pinning",
+             "nodes": "cluster workload: one node, then this many"}
     for f in dataclasses.fields(run.Sizes):
-        ap.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=None, help=f"override size (full: {f.default})")
+        ap.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=None,
+                        help=f"{about.get(f.name, 'override size')} (full: {f.default})")
     args = ap.parse_args(argv)
 
     sizes = run.SMOKE if args.smoke else run.QUICK if args.quick else run.Sizes()
@@ -80,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                   TimeElapsedColumn(), console=console, transient=False) as progress:
-        plan = [(w, s) for w in workloads for s in systems if w not in run.TETHER_ONLY or s == "tether"]
+        plan = [(w, s) for w in workloads for s in systems if run.runs_on(w, s)]
         overall = progress.add_task("all", total=len(plan))
         for w in workloads:
             for s in systems:
@@ -102,6 +106,8 @@ def main(argv: list[str] | None = None) -> int:
                         traceback.print_exc(file=sys.stderr)
                 progress.advance(overall)
 
+    if "ops" in results:
+        ops.compare(results["ops"])
     results["meta"] = {
         "command": "python -m bench " + " ".join(argv if argv is not None else sys.argv[1:]),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
@@ -133,8 +139,21 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
+def _lat(r: dict[str, Any], key: str) -> str:
+    """A latency median, with the min–max over the windows when there were several."""
+    runs = [v for v in r.get(key + "_runs") or [] if v is not None]
+    if len(runs) < 2:
+        return _fmt(r.get(key))
+    return f"{_fmt(r.get(key))} ({min(runs):.1f}–{max(runs):.1f})"
+
+
+def _row(r: dict[str, Any]) -> list[str]:
+    return [_lat(r, k) if k in ("p50_ms", "p99_ms", "p999_ms") else _fmt(r.get(k))
+            for k in METRICS + ["deliveries_per_server_cpu_s", "server_cpu_pct", "loadgen_cpu_pct"]]
+
+
 def table(results: dict[str, Any], workloads: list[str], systems: list[str]) -> Table:
-    t = Table(title="Tether vs peers (same machine, same run)")
+    t = Table(title="Tether vs peers (same machine, same run; latency: median (min–max) over the windows)")
     t.add_column("workload")
     t.add_column("system")
     for m in ["deliveries/s", "p50 ms", "p99 ms", "p99.9 ms", "bytes/conn", "per server CPU-s", "server CPU %", "loadgen CPU %"]:
@@ -149,17 +168,23 @@ def table(results: dict[str, Any], workloads: list[str], systems: list[str]) -> 
                 continue
             if w == "ops":
                 for name, o in r.items():
-                    if isinstance(o, dict):
-                        t.add_row(f"ops {name}", s, f"{o['ops_per_s']:,} ops/s", _fmt(o["p50_ms"]), _fmt(o["p99_ms"]))
+                    if isinstance(o, dict) and "ops_per_s" in o:
+                        t.add_row(f"ops {name}", s, f"{o['ops_per_s']:,} ops/s", _fmt(o["p50_ms"]), _fmt(o["p99_ms"]), "", "",
+                                  "", _fmt(o.get("server_cpu_pct")), _fmt(o.get("loadgen_cpu_pct")))
+                for variant in ("tether", "tether-redis"):  # after the peer's own rows
+                    ratios = results[w].get(variant, {}).get("ratio_to_" + s.replace("-", "_"), {})
+                    for name, q in ratios.items():
+                        t.add_row(f"ops {name}", f"{variant} / {s}", f"{q['ops_per_s']}× ops/s", "", f"{q['p99_ms']}× p99")
                 continue
             if w == "recovery":
                 t.add_row(w, s, f"{r['recovered_clients']}/{r['clients']} in {r['all_recovered_s']} s",
                           _fmt(r["p50_ms"]), _fmt(r["p99_ms"]))
                 continue
-            t.add_row(w, s, *(_fmt(r.get(k)) for k in METRICS + ["deliveries_per_server_cpu_s", "server_cpu_pct", "loadgen_cpu_pct"]))
             if w == "cluster":
-                one = r["nodes_1"]
-                t.add_row("cluster (1 node)", s, *(_fmt(one.get(k)) for k in METRICS + ["deliveries_per_server_cpu_s", "server_cpu_pct", "loadgen_cpu_pct"]))
+                t.add_row("cluster (1 node)", s, *_row(r["nodes_1"]))
+                t.add_row(f"cluster ({r.get('nodes', 2)} nodes)", s, *_row(r))
+                continue
+            t.add_row(w, s, *_row(r))
     return t
 
 

@@ -17,8 +17,9 @@ from typing import Any, Awaitable, Callable
 
 import orjson
 
+from bench.http import Http
 from bench.stats import ctx, percentile
-from bench.systems import API_KEY, Server
+from bench.systems import API_KEY, Server, cpu_seconds
 from bench.wire import DIALECTS, Client, connect
 from bench.workers import _loop
 
@@ -80,41 +81,44 @@ class Rpc:
 Step = Callable[[], Awaitable[None]]
 
 
-async def _rest_client(http: Any, op: str, i: int, port: int, session: dict[str, str]) -> Step:
-    """Set up client ``i`` for ``op`` over REST (untimed) and return its timed step."""
+async def _rest_client(op: str, i: int, port: int, session: dict[int, str], conns: list[Http]) -> Step:
+    """Set up client ``i`` for ``op`` over REST, on a keep-alive connection of its own
+    (untimed), and return its timed step."""
     user = f"u{i}"
-    h = {"Authorization": f"Bearer {user}:d{i}"}
+    http = await Http.open(port, {"Authorization": f"Bearer {user}:d{i}"})
+    conns.append(http)
+    ok = http.json
 
-    async def ok(r: Any) -> Any:
-        if r.status_code >= 300:
-            raise RuntimeError(f"{r.request.method} {r.request.url.path}: {r.status_code} {r.text[:200]}")
-        return r.json()
-
-    if op == "presence":
+    if op == "noop":  # the stack's floor: Tether's and the peer's GET /livez (nothing behind it)
         async def step() -> None:
-            await ok(await http.post(f"/presence/room{i % 8}", json={"user_id": user}, headers=h))
+            await ok("GET", "/livez")
+    elif op == "presence":
+        async def step() -> None:
+            await ok("POST", f"/api/presence/room{i % 8}", {"user_id": user})
     elif op == "lock":
         async def step() -> None:
-            got = await ok(await http.post(f"/locks/rest-l{i}", json={"ttl_seconds": 30}, headers=h))
-            await ok(await http.request("DELETE", f"/locks/rest-l{i}", json={"token": got["token"]}, headers=h))
+            got = await ok("POST", f"/api/locks/rest-l{i}", {"ttl_seconds": 30})
+            if not got.get("acquired"):
+                raise RuntimeError(f"lock rest-l{i} not acquired: {got}")
+            await ok("DELETE", f"/api/locks/rest-l{i}", {"token": got["token"]})
     elif op == "document":
-        doc = await ok(await http.post("/collections/bench/documents", json={"id": f"rest-d{i}", "data": {"n": 0}}, headers=h))
+        doc = await ok("POST", "/api/collections/bench/documents", {"id": f"rest-d{i}", "data": {"n": 0}})
         version = [doc["version"]]
 
         async def step() -> None:
-            d = await ok(await http.put(f"/collections/bench/documents/rest-d{i}",
-                                        json={"data": {"n": version[0]}, "version": version[0]}, headers=h))
+            d = await ok("PUT", f"/api/collections/bench/documents/rest-d{i}",
+                         {"data": {"n": version[0]}, "version": version[0]})
             version[0] = d["version"]
     else:  # chat: groups of 4 clients share a session (the first creates it, the others join)
         group = i // 4
         if group not in session:
-            session[group] = (await ok(await http.post("/sessions", json={"title": f"bench {group}"}, headers=h)))["id"]
+            session[group] = (await ok("POST", "/api/sessions", {"title": f"bench {group}"}))["id"]
         else:
-            await ok(await http.post(f"/sessions/{session[group]}/join", json={}, headers=h))
+            await ok("POST", f"/api/sessions/{session[group]}/join", {})
         sid = session[group]
 
         async def step() -> None:
-            await ok(await http.post(f"/sessions/{sid}/messages", json={"message": "hello from the bench"}, headers=h))
+            await ok("POST", f"/api/sessions/{sid}/messages", {"message": "hello from the bench"})
     return step
 
 
@@ -161,15 +165,13 @@ def op_worker(port: int, transport: str, op: str, ids: list[int], shared: Any) -
 
 
 async def _op_worker(port: int, transport: str, op: str, ids: list[int], shared: Any) -> dict[str, Any]:
-    import httpx
-
     session: dict[int, str] = {}
     rpcs: list[Rpc] = []
-    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}/api", timeout=30,
-                                 limits=httpx.Limits(max_connections=len(ids) + 1)) as http:
+    conns: list[Http] = []
+    try:
         steps = []
         for i in ids:  # set up one after another: chat groups need their creator first
-            steps.append(await (_rest_client(http, op, i, port, session) if transport == "rest"
+            steps.append(await (_rest_client(op, i, port, session, conns) if transport == "rest"
                                 else _ws_client(op, i, port, session, rpcs)))
         with shared.ready.get_lock():
             shared.ready.value += 1
@@ -189,12 +191,16 @@ async def _op_worker(port: int, transport: str, op: str, ids: list[int], shared:
                     lat.append((t1 - t0) * 1000)
 
         await asyncio.gather(*(run(s) for s in steps))
-    for r in rpcs:
-        r.close()
+    finally:
+        for r in rpcs:
+            r.close()
+        for h in conns:
+            h.close()
     return {"latencies": lat.tobytes()}
 
 
-def run_op(port: int, transport: str, op: str, clients: int, procs: int, seconds: float, warmup: float) -> dict[str, Any]:
+def run_op(port: int, transport: str, op: str, clients: int, procs: int, seconds: float, warmup: float,
+           server_pids: list[int] | None = None) -> dict[str, Any]:
 
     procs = max(1, min(procs, clients))
     shared = type("Shared", (), {})()
@@ -209,7 +215,15 @@ def run_op(port: int, transport: str, op: str, clients: int, procs: int, seconds
         time.sleep(0.02)
         if not shared.results.empty():
             break  # a worker failed during set-up
-    shared.start.value = time.monotonic() + warmup  # CLOCK_MONOTONIC is system-wide: same clock in every process
+    start = shared.start.value = time.monotonic() + warmup  # CLOCK_MONOTONIC is system-wide: same clock in every process
+    # Where the CPU went over the measured window: is the server or the generator the limit?
+    cpu: dict[str, float] = {}
+    if all(p.is_alive() for p in ps) and shared.results.empty():
+        time.sleep(max(0.0, start - time.monotonic()))
+        s0, g0 = sum(map(cpu_seconds, server_pids or [])), sum(cpu_seconds(p.pid) for p in ps)
+        time.sleep(seconds)
+        s1, g1 = sum(map(cpu_seconds, server_pids or [])), sum(cpu_seconds(p.pid) for p in ps)
+        cpu = {"server_cpu_pct": round(100 * (s1 - s0) / seconds), "loadgen_cpu_pct": round(100 * (g1 - g0) / seconds)}
     outs = [shared.results.get(timeout=seconds + warmup + 120) for _ in ps]
     for p in ps:
         p.join(10)
@@ -221,21 +235,57 @@ def run_op(port: int, transport: str, op: str, clients: int, procs: int, seconds
         lat.frombytes(o["latencies"])
     values = list(lat)
     return {"ops_per_s": round(len(values) / seconds), "p50_ms": percentile(values, 0.5),
-            "p99_ms": percentile(values, 0.99), "clients": clients, "ops": len(values)}
+            "p99_ms": percentile(values, 0.99), "clients": clients, "ops": len(values), **cpu}
+
+
+# What each system serves: Tether every op both ways; the REST peers the REST ops they implement.
+# "noop" is GET /livez (the HTTP stack's floor); on http-noop, the load generator's ceiling.
+SERVES: dict[str, list[tuple[str, str]]] = {
+    "tether": [("rest", op) for op in OPS + ["noop"]] + [("ws", op) for op in OPS],
+    "tether-redis": [("rest", op) for op in OPS + ["noop"]],  # REST only: the peer's comparison
+    "fastapi-redis": [("rest", "presence"), ("rest", "lock"), ("rest", "noop")],
+    "http-noop": [("rest", "noop")],
+}
+PEER = "fastapi-redis"  # the REST peer Tether's ratios are taken against
 
 
 def ops(system: str, sizes: Any, status: Callable[[str], None]) -> dict[str, Any]:
-    server = Server(system)
+    import uuid
+
+    from bench.systems import drop_scaled, scaled_env
+
+    tag = f"bench_ops_{uuid.uuid4().hex[:8]}" if system == "tether-redis" else None
+    server = Server(system, env=scaled_env(tag) if tag else None)
     try:
-        out: dict[str, Any] = {"clients": sizes.op_clients}
-        for transport in TRANSPORTS:
-            for op in OPS:
-                status(f"{transport} {op}")
-                out[f"{transport}_{op}"] = run_op(server.port, transport, op, sizes.op_clients, sizes.procs,
-                                                  sizes.seconds, sizes.warmup)
+        out: dict[str, Any] = {"clients": sizes.op_clients, "procs": max(1, min(sizes.procs, sizes.op_clients))}
+        for transport, op in SERVES[system]:
+            status(f"{transport} {op}")
+            out[f"{transport}_{op}"] = run_op(server.port, transport, op, sizes.op_clients, sizes.procs,
+                                              sizes.seconds, sizes.warmup, [server.pid])
         return out
     finally:
         server.stop()
+        if tag:
+            drop_scaled(tag)
+
+
+def compare(results: dict[str, Any]) -> None:
+    """Tether (each way it ran) over the REST peer, op by op, when both ran without error:
+    ``ratio_to_<peer>`` in Tether's entry, ``{"ops_per_s": tether/peer, "p99_ms": tether/peer}`` per op."""
+    p = results.get(PEER)
+    if not p or "error" in p:
+        return
+    for variant in ("tether", "tether-redis"):
+        t = results.get(variant)
+        if not t or "error" in t:
+            continue
+        ratios: dict[str, Any] = {}
+        for name, theirs in p.items():
+            ours = t.get(name)
+            if isinstance(theirs, dict) and isinstance(ours, dict) and theirs.get("ops_per_s") and theirs.get("p99_ms"):
+                ratios[name] = {"ops_per_s": round(ours["ops_per_s"] / theirs["ops_per_s"], 2),
+                                "p99_ms": round(ours["p99_ms"] / theirs["p99_ms"], 2) if ours.get("p99_ms") else None}
+        t["ratio_to_" + PEER.replace("-", "_")] = ratios
 
 
 # -- recovery of N clients after the server is SIGKILLed and restarted ---------------

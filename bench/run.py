@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import platform
+import statistics
 import time
 from array import array
 from dataclasses import dataclass
@@ -10,9 +11,9 @@ from types import SimpleNamespace
 from typing import Any, Callable
 
 from bench import ops as _ops
-from bench import workers
+from bench import pin, workers
 from bench.stats import ctx, percentile
-from bench.systems import Server, cpu_seconds, machine_busy
+from bench.systems import OPS_ONLY, Server, cpu_seconds, machine_busy
 
 
 @dataclass
@@ -29,12 +30,15 @@ class Sizes:
     missed: int = 20  # events published while they are away
     rooms: int = 1000  # rooms workload: rooms …
     members: int = 10  # … of this many members, each publishing to its room
+    repeat: int = 5  # latency windows per system (fan-out, rooms, cluster): p50/p99 are their medians
+    pin: int = 1  # 1: during latency windows the server gets one CPU, the load generator the others (bench.pin)
+    nodes: int = 2  # cluster workload: one node, then this many
 
 
 QUICK = Sizes(fanout=300, many=1000, idle=2000, latency_rate=6000, seconds=2.0, warmup=0.7, procs=2,
-              op_clients=16, recover=300, missed=20, rooms=200, members=10)
+              op_clients=16, recover=300, missed=20, rooms=200, members=10, repeat=3)
 SMOKE = Sizes(fanout=10, many=10, idle=20, latency_rate=200, seconds=0.3, warmup=0.2, procs=1,
-              op_clients=2, recover=5, missed=3, rooms=3, members=3)
+              op_clients=2, recover=5, missed=3, rooms=3, members=3, repeat=1)
 
 Status = Callable[[str], None]
 
@@ -136,13 +140,15 @@ def window(load: Load, servers: list[Server], pids: list[int], sizes: Sizes, sta
         return sum(cpu_seconds(s.pid) for s in servers)
 
     d0, t0 = load.delivered(), time.monotonic()
+    each0 = [cpu_seconds(s.pid) for s in servers]
     s0, c0, m0 = server_cpu(), sum(cpu_seconds(p) for p in pids), machine_busy()
     status("saturating")
     time.sleep(sizes.seconds)
     d1, t1 = load.delivered(), time.monotonic()
     s1, c1, m1 = server_cpu(), sum(cpu_seconds(p) for p in pids), machine_busy()
     wall = t1 - t0
-    return {
+    each = [cpu_seconds(s.pid) for s in servers]
+    result = {
         "deliveries_per_s": round((d1 - d0) / wall),
         # On a shared machine the server may not get a whole core; this one is comparable anyway.
         "deliveries_per_server_cpu_s": round((d1 - d0) / (s1 - s0)) if s1 > s0 else None,
@@ -151,6 +157,36 @@ def window(load: Load, servers: list[Server], pids: list[int], sizes: Sizes, sta
         # Share of all the machine's cores busy (100 = none left for a faster run).
         "machine_busy_pct": round(100 * (m1[0] - m0[0]) / (m1[1] - m0[1])) if m1[1] > m0[1] else None,
     }
+    if len(servers) > 1:  # how evenly the nodes shared the work
+        result["server_cpu_pct_each"] = [round(100 * (e1 - e0) / wall) for e0, e1 in zip(each0, each)]
+    return result
+
+
+def latency_windows(load: Load, servers: list[Server], sizes: Sizes, status: Status) -> dict[str, Any]:
+    """Warm up, then ``sizes.repeat`` back-to-back latency windows of ``sizes.seconds``, pinned
+    when ``sizes.pin`` (load already publishing at the fixed rate). p50/p99/p99.9 are the
+    medians over the windows; ``*_runs`` hold each window's value (their min–max is the spread)."""
+    loadgen = [p.pid for p in load.subs] + ([load.pub.pid] if load.pub is not None else [])
+    runs: list[list[float]] = []
+    with pin.pinned([s.pid for s in servers], loadgen, bool(sizes.pin)) as where:
+        status(f"latency at {sizes.latency_rate} deliveries/s (warm-up)")
+        time.sleep(sizes.warmup)
+        for k in range(max(1, sizes.repeat)):
+            load.shared.phase.value = workers.Phase.RECORD
+            status(f"latency at {sizes.latency_rate} deliveries/s, window {k + 1}/{max(1, sizes.repeat)}")
+            time.sleep(sizes.seconds)
+            runs.append(load.latencies())
+    out: dict[str, Any] = {}
+    for key, q in (("p50_ms", 0.5), ("p99_ms", 0.99), ("p999_ms", 0.999)):
+        values = [percentile(lat, q) for lat in runs]
+        out[key + "_runs"] = values
+        known = [v for v in values if v is not None]
+        out[key] = round(statistics.median(known), 3) if known else None
+    out["latency_rate_deliveries_per_s"] = sizes.latency_rate
+    out["latency_windows"] = len(runs)
+    out["latency_samples"] = sum(len(lat) for lat in runs)
+    out["pinned"] = where
+    return out
 
 
 def fanout(system: str, sizes: Sizes, status: Status) -> dict[str, Any]:
@@ -170,20 +206,10 @@ def fanout_on(system: str, servers: list[Server], sizes: Sizes, status: Status) 
         plan = [("fan", n)]
         rate = sizes.latency_rate / n
         load.publish(plan, rate)
-        status(f"latency at {sizes.latency_rate} deliveries/s (warm-up)")
-        time.sleep(sizes.warmup)
-        load.shared.phase.value = workers.Phase.RECORD
-        status(f"latency at {sizes.latency_rate} deliveries/s")
-        time.sleep(sizes.seconds)
-        lat = load.latencies()
+        result: dict[str, Any] = {"subscribers": n}
+        result.update(latency_windows(load, servers, sizes, status))
         load.stop_publishing()
-        expected = int(rate * sizes.seconds * n)
-        result = {
-            "subscribers": n,
-            "p50_ms": percentile(lat, 0.5), "p99_ms": percentile(lat, 0.99), "p999_ms": percentile(lat, 0.999),
-            "latency_rate_deliveries_per_s": sizes.latency_rate,
-            "latency_samples": len(lat), "latency_samples_expected": expected,
-        }
+        result["latency_samples_expected"] = int(rate * sizes.seconds * n) * result["latency_windows"]
         time.sleep(0.3)
         result.update(saturate(load, servers, plan, 64 * n, sizes, status))
         result["dropped_connections"] = load.dropped()
@@ -221,19 +247,10 @@ def rooms(system: str, sizes: Sizes, status: Status) -> dict[str, Any]:
         shared.member_fan.value = m
         per_member = sizes.latency_rate / (m * r * m)  # publishes/s per member: latency_rate deliveries/s in all
         shared.member_rate.value = per_member
-        status(f"latency at {sizes.latency_rate} deliveries/s (warm-up)")
-        time.sleep(sizes.warmup)
-        shared.phase.value = workers.Phase.RECORD
-        status(f"latency at {sizes.latency_rate} deliveries/s")
-        time.sleep(sizes.seconds)
-        lat = load.latencies()
+        result: dict[str, Any] = {"rooms": r, "members": m, "member_publishes_per_s": round(per_member, 4)}
+        result.update(latency_windows(load, [server], sizes, status))
         shared.member_rate.value = 0.0
-        result: dict[str, Any] = {
-            "rooms": r, "members": m, "member_publishes_per_s": round(per_member, 4),
-            "p50_ms": percentile(lat, 0.5), "p99_ms": percentile(lat, 0.99), "p999_ms": percentile(lat, 0.999),
-            "latency_rate_deliveries_per_s": sizes.latency_rate,
-            "latency_samples": len(lat), "latency_samples_expected": int(sizes.latency_rate * sizes.seconds),
-        }
+        result["latency_samples_expected"] = int(sizes.latency_rate * sizes.seconds) * result["latency_windows"]
         time.sleep(0.3)
         shared.counting.value = 1
         shared.member_budget.value = 8 * r * m
@@ -271,36 +288,43 @@ def idle(system: str, sizes: Sizes, status: Status) -> dict[str, Any]:
 
 
 def cluster(system: str, sizes: Sizes, status: Status) -> dict[str, Any]:
-    """Workload 1 on PostgreSQL + Redis: one node, then two nodes sharing them (subscribers split)."""
+    """Workload 1 on PostgreSQL + Redis: one node, then ``sizes.nodes`` nodes sharing them
+    (subscribers split evenly, the publisher on the first node)."""
+    import dataclasses
     import uuid
 
     from bench.systems import drop_scaled, scaled_env
 
-    out: dict[str, Any] = {"subscribers": sizes.fanout}
-    for nodes in (1, 2):
+    n = max(2, sizes.nodes)
+    sizes = dataclasses.replace(sizes, pin=0)  # N nodes, Redis and PostgreSQL on one CPU would measure the squeeze
+    out: dict[str, Any] = {"subscribers": sizes.fanout, "nodes": n}
+    for nodes in (1, n):
         tag = f"bench_{nodes}n_{uuid.uuid4().hex[:8]}"
         env = scaled_env(tag)
         servers: list[Server] = []
         try:
             for _ in range(nodes):
                 servers.append(Server(system, env=env))
-            out[f"nodes_{nodes}"] = fanout_on(system, servers, sizes, lambda t, n=nodes: status(f"{n} node(s): {t}"))
+            out[f"nodes_{nodes}"] = fanout_on(system, servers, sizes, lambda t, k=nodes: status(f"{k} node(s): {t}"))
         finally:
             for s in servers:
                 s.stop()
             drop_scaled(tag)
-    one, two = out["nodes_1"], out["nodes_2"]
-    out.update({k: two[k] for k in ("deliveries_per_s", "p50_ms", "p99_ms", "p999_ms", "deliveries_per_server_cpu_s",
-                                    "server_cpu_pct", "loadgen_cpu_pct")})
-    out["ratio_2_to_1"] = round(two["deliveries_per_s"] / one["deliveries_per_s"], 2) if one["deliveries_per_s"] else None
-    # What a second node adds where each node has cores of its own: deliveries per server CPU-second.
-    if one.get("deliveries_per_server_cpu_s") and two.get("deliveries_per_server_cpu_s"):
-        out["ratio_2_to_1_per_server_cpu"] = round(two["deliveries_per_server_cpu_s"] / one["deliveries_per_server_cpu_s"], 2)
-    # The most any second node could add here: the cores the one-node run left idle.
+    one, many = out["nodes_1"], out[f"nodes_{n}"]
+    out.update({k: many[k] for k in ("deliveries_per_s", "p50_ms", "p99_ms", "p999_ms", "p50_ms_runs", "p99_ms_runs",
+                                     "p999_ms_runs", "deliveries_per_server_cpu_s", "server_cpu_pct", "loadgen_cpu_pct",
+                                     "machine_busy_pct")})
+    # Deliveries per server CPU-second, one node against N (the N nodes' CPU summed).
+    out["deliveries_per_server_cpu_s_1_node"] = one.get("deliveries_per_server_cpu_s")
+    out[f"deliveries_per_server_cpu_s_{n}_nodes"] = many.get("deliveries_per_server_cpu_s")
+    out[f"ratio_{n}_to_1"] = round(many["deliveries_per_s"] / one["deliveries_per_s"], 2) if one["deliveries_per_s"] else None
+    # What each added node adds where each node has cores of its own: deliveries per server CPU-second.
+    if one.get("deliveries_per_server_cpu_s") and many.get("deliveries_per_server_cpu_s"):
+        out[f"ratio_{n}_to_1_per_server_cpu"] = round(many["deliveries_per_server_cpu_s"] / one["deliveries_per_server_cpu_s"], 2)
+    # The most any added node could add here: the cores the one-node run left idle.
     if one.get("machine_busy_pct"):
-        out["ratio_2_to_1_ceiling"] = round(100 / one["machine_busy_pct"], 2)
+        out[f"ratio_{n}_to_1_ceiling"] = round(100 / one["machine_busy_pct"], 2)
     return out
-
 
 
 WORKLOADS: dict[str, Callable[[str, Sizes, Status], dict[str, Any]]] = {
@@ -312,7 +336,14 @@ WORKLOADS: dict[str, Callable[[str, Sizes, Status], dict[str, Any]]] = {
     "recovery": _ops.recovery,
     "cluster": cluster,
 }
-TETHER_ONLY = {"ops", "recovery", "cluster"}
+TETHER_ONLY = {"recovery", "cluster"}
+
+
+def runs_on(workload: str, system: str) -> bool:
+    """Does this workload run on this system? Some systems serve the ops workload only."""
+    if system in OPS_ONLY:
+        return workload == "ops"
+    return workload not in TETHER_ONLY | {"ops"} or system == "tether"
 
 
 def machine() -> dict[str, Any]:

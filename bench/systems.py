@@ -17,7 +17,11 @@ PEERS = ROOT / "bench" / "peers"
 NODE_PEER = PEERS / "socketio-node"
 
 API_KEY = "bench-api-key"
-SYSTEMS = ["tether", "websockets-broadcast", "python-socketio", "socket.io-node"]
+SYSTEMS = ["tether", "websockets-broadcast", "python-socketio", "socket.io-node", "tether-redis", "fastapi-redis",
+           "http-noop"]
+# Systems of the ops workload only: Tether on PostgreSQL + Redis (presence and locks in Redis, like
+# the REST peer's), and the REST peers, which serve some REST ops and nothing over WebSocket.
+OPS_ONLY = {"tether-redis", "fastapi-redis", "http-noop"}
 
 
 class Unavailable(Exception):
@@ -93,6 +97,16 @@ def check(system: str) -> None:
             raise Unavailable("python-socketio is not installed: pip install -e '.[bench]'") from None
     elif system == "socket.io-node":
         ensure_node_peer()
+    elif system == "tether-redis":
+        scaled_env("check")  # raises Unavailable when PostgreSQL or Redis is not reachable
+    elif system == "fastapi-redis":
+        from urllib.parse import urlsplit
+
+        u = urlsplit(REDIS_URL)
+        try:
+            socket.create_connection((u.hostname or "127.0.0.1", u.port or 6379), timeout=1).close()
+        except OSError:
+            raise Unavailable(f"{REDIS_URL} is not reachable (set BENCH_REDIS_URL)") from None
 
 
 class Server:
@@ -110,15 +124,19 @@ class Server:
         system = self.system
         py = sys.executable
         p = str(self.port)
+        # Limits raised so the bench measures throughput, not the abuse guards.
+        tether = [py, "-m", "tether", "serve", "--port", p, "--data-dir", str(self.dir),
+                  "--rate-per-connection", "1e9", "--rate-burst", "1000000000", "--rate-per-user", "1e9",
+                  "--rest-rate-per-user", "1e9", "--rest-rate-burst", "1000000000",
+                  "--api-key", API_KEY, "--log-level", "warning"]
         cmd = {
-            # Limits raised so the bench measures throughput, not the abuse guards.
-            "tether": [py, "-m", "tether", "serve", "--port", p, "--data-dir", str(self.dir),
-                       "--rate-per-connection", "1e9", "--rate-burst", "1000000000", "--rate-per-user", "1e9",
-                       "--rest-rate-per-user", "1e9", "--rest-rate-burst", "1000000000",
-                       "--api-key", API_KEY, "--log-level", "warning"],
+            "tether": tether,
+            "tether-redis": tether,  # with scaled_env() in ``env``
             "websockets-broadcast": [py, str(PEERS / "ws_broadcast.py"), p],
             "python-socketio": [py, str(PEERS / "socketio_py.py"), p],
             "socket.io-node": ["node", str(NODE_PEER / "server.js"), p],
+            "fastapi-redis": [py, str(PEERS / "rest_redis.py"), p],
+            "http-noop": [py, str(PEERS / "http_noop.py"), p],
         }[system]
         self.log = open(self.dir / "server.log", "ab")
         self.proc = subprocess.Popen(cmd, env=self.env, stdout=self.log, stderr=subprocess.STDOUT, cwd=ROOT)

@@ -15,10 +15,10 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.mark.timeout(300)  # every workload starts its servers: slow on a busy machine
 def test_bench_smoke_writes_valid_json(tmp_path: Path) -> None:
     out = tmp_path / "latest.json"
-    # The two systems that need nothing beyond Tether's own dependencies.
+    # The two systems that need nothing beyond Tether's own dependencies, and the REST peers.
     proc = subprocess.run(
-        [sys.executable, "-m", "bench", "--smoke", "--systems", "tether,websockets-broadcast",
-         "--out", str(out), "--chart", ""],
+        [sys.executable, "-m", "bench", "--smoke", "--systems", "tether,websockets-broadcast,fastapi-redis,http-noop",
+         "--repeat", "2", "--nodes", "3", "--out", str(out), "--chart", ""],
         cwd=ROOT, capture_output=True, text=True, timeout=280,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -33,6 +33,11 @@ def test_bench_smoke_writes_valid_json(tmp_path: Path) -> None:
         assert "error" not in fan, fan
         assert fan["deliveries_per_s"] > 0 and fan["dropped_connections"] == 0
         assert 0 <= fan["p50_ms"] <= fan["p99_ms"] <= fan["p999_ms"]
+        # Two latency windows, each with its own percentiles; the reported one is their median.
+        for key in ("p50_ms", "p99_ms"):
+            assert len(fan[key + "_runs"]) == len(rooms[key + "_runs"]) == fan["latency_windows"] == 2
+            assert min(fan[key + "_runs"]) <= fan[key] <= max(fan[key + "_runs"])
+        assert fan["pinned"] is None or set(fan["pinned"]) == {"server_cpus", "loadgen_cpus"}
         assert results["many_channels"][system]["deliveries_per_s"] > 0
         assert results["idle_connections"][system]["connections"] == results["meta"]["sizes"]["idle"]
         assert isinstance(results["idle_connections"][system]["bytes_per_connection"], int)
@@ -42,12 +47,20 @@ def test_bench_smoke_writes_valid_json(tmp_path: Path) -> None:
     for transport in ("rest", "ws"):
         for op in ("presence", "lock", "document", "chat"):
             assert ops[f"{transport}_{op}"]["ops_per_s"] > 0
+    assert ops["rest_noop"]["ops_per_s"] > 0 and results["ops"]["http-noop"]["rest_noop"]["ops_per_s"] > 0
+    peer = results["ops"]["fastapi-redis"]  # an error only when Redis is not reachable
+    if "error" not in peer:
+        assert peer["rest_presence"]["ops_per_s"] > 0 and peer["rest_lock"]["ops_per_s"] > 0
+        assert set(ops["ratio_to_fastapi_redis"]) == {"rest_presence", "rest_lock", "rest_noop"}
     rec = results["recovery"]["tether"]
     assert "error" not in rec, rec
     assert rec["recovered_clients"] == rec["clients"] == results["meta"]["sizes"]["recover"]
-    assert set(results["ops"]) == set(results["recovery"]) == {"tether"}
+    assert set(results["recovery"]) == set(results["cluster"]) == {"tether"}
+    assert set(results["ops"]) == {"tether", "fastapi-redis", "http-noop"}
+    assert set(results["fanout"]) == {"tether", "websockets-broadcast"}  # the REST peers serve ops only
     cluster = results["cluster"]["tether"]  # an error only when PostgreSQL/Redis are not reachable
-    assert "error" in cluster or cluster["nodes_2"]["dropped_connections"] == 0
+    assert "error" in cluster or (cluster["nodes"] == 3 and cluster["nodes_3"]["dropped_connections"] == 0
+                                  and len(cluster["nodes_3"]["server_cpu_pct_each"]) == 3)
     assert results["meta"]["command"].startswith("python -m bench")
 
 
