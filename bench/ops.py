@@ -243,10 +243,10 @@ def run_op(port: int, transport: str, op: str, clients: int, procs: int, seconds
 SERVES: dict[str, list[tuple[str, str]]] = {
     "tether": [("rest", op) for op in OPS + ["noop"]] + [("ws", op) for op in OPS],
     "tether-redis": [("rest", op) for op in OPS + ["noop"]],  # REST only: the peer's comparison
-    "fastapi-redis": [("rest", "presence"), ("rest", "lock"), ("rest", "noop")],
+    "seed-reference": [("rest", "presence"), ("rest", "lock"), ("rest", "noop")],
     "http-noop": [("rest", "noop")],
 }
-PEER = "fastapi-redis"  # the REST peer Tether's ratios are taken against
+PEER = "seed-reference"  # the REST peer Tether's ratios are taken against
 
 
 def ops(system: str, sizes: Any, status: Callable[[str], None]) -> dict[str, Any]:

@@ -17,11 +17,11 @@ PEERS = ROOT / "bench" / "peers"
 NODE_PEER = PEERS / "socketio-node"
 
 API_KEY = "bench-api-key"
-SYSTEMS = ["tether", "websockets-broadcast", "python-socketio", "socket.io-node", "tether-redis", "fastapi-redis",
+SYSTEMS = ["tether", "websockets-broadcast", "python-socketio", "socket.io-node", "tether-redis", "seed-reference",
            "http-noop"]
 # Systems of the ops workload only: Tether on PostgreSQL + Redis (presence and locks in Redis, like
 # the REST peer's), and the REST peers, which serve some REST ops and nothing over WebSocket.
-OPS_ONLY = {"tether-redis", "fastapi-redis", "http-noop"}
+OPS_ONLY = {"tether-redis", "seed-reference", "http-noop"}
 
 
 class Unavailable(Exception):
@@ -99,7 +99,7 @@ def check(system: str) -> None:
         ensure_node_peer()
     elif system == "tether-redis":
         scaled_env("check")  # raises Unavailable when PostgreSQL or Redis is not reachable
-    elif system == "fastapi-redis":
+    elif system == "seed-reference":
         from urllib.parse import urlsplit
 
         u = urlsplit(REDIS_URL)
@@ -135,7 +135,7 @@ class Server:
             "websockets-broadcast": [py, str(PEERS / "ws_broadcast.py"), p],
             "python-socketio": [py, str(PEERS / "socketio_py.py"), p],
             "socket.io-node": ["node", str(NODE_PEER / "server.js"), p],
-            "fastapi-redis": [py, str(PEERS / "rest_redis.py"), p],
+            "seed-reference": [py, str(PEERS / "rest_redis.py"), p],
             "http-noop": [py, str(PEERS / "http_noop.py"), p],
         }[system]
         self.log = open(self.dir / "server.log", "ab")

@@ -17,7 +17,7 @@ def test_bench_smoke_writes_valid_json(tmp_path: Path) -> None:
     out = tmp_path / "latest.json"
     # The two systems that need nothing beyond Tether's own dependencies, and the REST peers.
     proc = subprocess.run(
-        [sys.executable, "-m", "bench", "--smoke", "--systems", "tether,websockets-broadcast,fastapi-redis,http-noop",
+        [sys.executable, "-m", "bench", "--smoke", "--systems", "tether,websockets-broadcast,seed-reference,http-noop",
          "--repeat", "2", "--nodes", "3", "--out", str(out), "--chart", ""],
         cwd=ROOT, capture_output=True, text=True, timeout=280,
     )
@@ -48,15 +48,15 @@ def test_bench_smoke_writes_valid_json(tmp_path: Path) -> None:
         for op in ("presence", "lock", "document", "chat"):
             assert ops[f"{transport}_{op}"]["ops_per_s"] > 0
     assert ops["rest_noop"]["ops_per_s"] > 0 and results["ops"]["http-noop"]["rest_noop"]["ops_per_s"] > 0
-    peer = results["ops"]["fastapi-redis"]  # an error only when Redis is not reachable
+    peer = results["ops"]["seed-reference"]  # an error only when Redis is not reachable
     if "error" not in peer:
         assert peer["rest_presence"]["ops_per_s"] > 0 and peer["rest_lock"]["ops_per_s"] > 0
-        assert set(ops["ratio_to_fastapi_redis"]) == {"rest_presence", "rest_lock", "rest_noop"}
+        assert set(ops["ratio_to_seed_reference"]) == {"rest_presence", "rest_lock", "rest_noop"}
     rec = results["recovery"]["tether"]
     assert "error" not in rec, rec
     assert rec["recovered_clients"] == rec["clients"] == results["meta"]["sizes"]["recover"]
     assert set(results["recovery"]) == set(results["cluster"]) == {"tether"}
-    assert set(results["ops"]) == {"tether", "fastapi-redis", "http-noop"}
+    assert set(results["ops"]) == {"tether", "seed-reference", "http-noop"}
     assert set(results["fanout"]) == {"tether", "websockets-broadcast"}  # the REST peers serve ops only
     cluster = results["cluster"]["tether"]  # an error only when PostgreSQL/Redis are not reachable
     assert "error" in cluster or (cluster["nodes"] == 3 and cluster["nodes_3"]["dropped_connections"] == 0
