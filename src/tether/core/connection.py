@@ -59,6 +59,8 @@ UNRECORDED = frozenset({"SUBSCRIBE", "REFRESH"})
 
 # Requests a connection may have in flight at once; all others are handled one at a time.
 PIPELINED = frozenset({"PUBLISH"})
+#: Refusals a client retries as they are (the same write, later): see Connection._pipeline.
+RETRYABLE = frozenset({"unavailable", "rate_limited"})
 MAX_IN_FLIGHT = 64
 
 # In a pipelined request's task: the future its successor waits for. The request sets it
@@ -133,6 +135,9 @@ class Connection:
         self._in_flight: set[asyncio.Task[None]] | None = None  # pipelined requests not yet answered (made on first use)
         self._last_turn: asyncio.Future[None] | None = None  # set once the latest pipelined request has published
         self._last_reply: asyncio.Future[None] | None = None  # set once it has been answered
+        # The key of a keyed write of this burst refused for now (unavailable, rate_limited): the
+        # keyed writes after it are refused too, so none is stored before its resend.
+        self._stopped_by: str | None = None
         self._limit = node.settings.send_queue_frames
         self._bucket = TokenBucket(node.settings.rate_per_connection, node.settings.rate_burst)
         self._errors: deque[float] | None = None  # only after a refused frame
@@ -258,7 +263,9 @@ class Connection:
             return
         if not (self._bucket.take() and self.node.user_rate(self.user_id)):
             await self.settle()
-            self._refuse(frame.id, TetherError("rate_limited", "too many requests: slow down and retry"))
+            refusal = TetherError("rate_limited", "too many requests: slow down and retry")
+            self._stop_if_retryable(frame, refusal)
+            self._refuse(frame.id, refusal)
             return
         op = self.node.ops.get(frame.type)
         if op is None:
@@ -274,7 +281,13 @@ class Connection:
     async def _pipeline(self, frame: protocol.Frame, op: Any) -> None:
         """Start a request without waiting for its answer, so a burst of publishes from one
         client is committed and fanned out as one batch. It still publishes in arrival order:
-        each starts once its predecessor has published or finished (see :func:`pass_turn`)."""
+        each starts once its predecessor has published or finished (see :func:`pass_turn`).
+
+        A keyed write (a client outbox's, which resends what fails for now) waits instead until
+        its predecessor is answered. Once one is refused for now (``unavailable``,
+        ``rate_limited``), the keyed publishes after it on this connection are refused too,
+        until it is sent again: otherwise they would be stored before its resend, out of the
+        order the client wrote them."""
         in_flight = self._in_flight
         if in_flight is None:
             in_flight = self._in_flight = set()
@@ -285,10 +298,13 @@ class Connection:
         prev_reply, my_reply = self._last_reply, loop.create_future()
         self._last_turn, self._last_reply = mine, my_reply
 
+        keyed = frame.data.get("idempotency_key") is not None
+
         async def run() -> None:
             try:
-                if prev is not None and not prev.done():
-                    await asyncio.shield(prev)
+                wait = prev_reply if keyed else prev
+                if wait is not None and not wait.done():
+                    await asyncio.shield(wait)
                 _turn.set(mine)
                 await self._execute(frame, op, after=prev_reply)
             finally:  # (even cancelled before its turn: then its successors wait for its predecessor)
@@ -306,6 +322,14 @@ class Connection:
             if not in_flight:  # all answered: an idle connection keeps nothing of its bursts
                 self._in_flight = self._last_turn = self._last_reply = None
 
+    def _stop_if_retryable(self, frame: protocol.Frame, refusal: TetherError) -> None:
+        """A keyed publish refused for now stops the keyed publishes after it on this connection
+        until it is sent again (see :meth:`_pipeline`)."""
+        key = frame.data.get("idempotency_key")
+        if (refusal.code in RETRYABLE and frame.type in PIPELINED and isinstance(key, str)
+                and self._stopped_by is None):
+            self._stopped_by = key
+
     async def settle(self) -> None:
         """Wait until every pipelined request has been answered."""
         while self._in_flight:  # None or empty: nothing in flight
@@ -320,6 +344,11 @@ class Connection:
             if frame.channel is not None and "channel" not in data:
                 data = {**data, "channel": frame.channel}
             key = data.get("idempotency_key")
+            if key is not None and self._stopped_by is not None and frame.type in PIPELINED:
+                if key != self._stopped_by:
+                    raise TetherError("unavailable", f"an earlier write (idempotency key {self._stopped_by!r}) "
+                                      "was refused for now; resend it first, then this one")
+                self._stopped_by = None  # its resend: the writes after it may follow
             if key is not None and frame.type not in UNRECORDED:
                 # Scoped per caller kind, request type and resource: a key reused for another write is a new write.
                 outcome = await self.node.idempotency.run(
@@ -333,6 +362,8 @@ class Connection:
             outcome = TetherError("unavailable", f"{frame.type} failed inside the server; retry")
         finally:
             self.node.metrics.request_latency.labels(frame.type).observe(time.perf_counter() - started)
+        if isinstance(outcome, TetherError):
+            self._stop_if_retryable(frame, outcome)
         pass_turn()  # finished without publishing (refused, or answered from its record): the next may go
         if after is not None and not after.done():
             await asyncio.shield(after)  # replies leave in the order the requests came, whichever finished first
