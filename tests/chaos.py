@@ -24,11 +24,13 @@ from itertools import pairwise
 from typing import Any, Awaitable, Callable
 
 import httpx
+import websockets
 
 from tests.faultproxy import FaultProxy, Link
 from tests.helpers import API_KEY, ServerProcess
 from tests.services import unique
 from tether.client import Backoff, Client
+from tether.wire.jsonutil import dumps, loads
 
 # What every server of the suite runs with: a 1 s ping interval, so a half-open or stalled
 # link is given up within 2 s by both ends, and a history window that holds the whole run,
@@ -83,9 +85,97 @@ class Peer:
         self.seen[event["channel"]].append((event["offset"], event["data"]))
 
 
+class WireReader:
+    """A reader that speaks the wire protocol itself and keeps every event frame it gets.
+    ``tether.client`` drops an offset it already delivered, which would hide a server that
+    sends an event twice; this reader drops nothing. It reconnects (to the next node) after
+    any drop and resubscribes each channel with ``since`` its last offset."""
+
+    def __init__(self, name: str, proxies: list[FaultProxy], rng: random.Random, channels: list[str]) -> None:
+        self.name, self.proxies, self.rng, self.channels = name, proxies, rng, channels
+        self.seen: dict[str, list[tuple[int, Any]]] = collections.defaultdict(list)
+        self.position: dict[str, tuple[int, str]] = {}
+        self.reloads = 0
+        self.subscribed = asyncio.Event()  # every channel subscribed once
+        self._task: asyncio.Task[None] | None = None
+
+    healthy_links = Peer.healthy_links
+    last_offset = Peer.last_offset
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _run(self) -> None:
+        node = 0
+        while True:
+            proxy = self.proxies[node % len(self.proxies)]
+            node += 1
+            try:
+                ws = await websockets.connect(f"ws://127.0.0.1:{proxy.port}/ws?token={self.name}:wire", open_timeout=3,
+                                              ping_interval=None, close_timeout=0.5, max_size=None)
+            except (OSError, asyncio.TimeoutError, websockets.InvalidHandshake):
+                await asyncio.sleep(self.rng.uniform(0, 0.2))
+                continue
+            try:
+                await self._session(ws)
+            except (websockets.ConnectionClosed, OSError, asyncio.TimeoutError, ConnectionError):
+                pass
+            finally:
+                ws.transport.abort()
+            await asyncio.sleep(self.rng.uniform(0, 0.05))
+
+    async def _session(self, ws: Any) -> None:
+        hello = loads(await asyncio.wait_for(ws.recv(), 3))
+        if hello.get("type") != "CONNECTED":
+            raise ConnectionError(f"expected CONNECTED, got {hello}")
+        asked: dict[str, dict[str, Any] | None] = {}
+        for channel in self.channels:
+            data: dict[str, Any] = {"channel": channel}
+            if channel in self.position:
+                offset, epoch = self.position[channel]
+                data["since"] = asked[channel] = {"offset": offset, "epoch": epoch}
+            else:
+                asked[channel] = None
+            await ws.send(dumps({"type": "SUBSCRIBE", "data": data, "id": channel}))
+        acked = 0
+        while True:
+            # The server PINGs every second: two seconds of silence is a dead link.
+            frame = loads(await asyncio.wait_for(ws.recv(), 2))
+            ftype, data = frame.get("type"), frame.get("data") or {}
+            if ftype == "PING":
+                await ws.send(dumps({"type": "PONG", "data": {"timestamp": data.get("timestamp")}}))
+            elif ftype == "ACK" and frame.get("id") in asked:
+                channel = frame["id"]
+                if asked[channel] is not None and not data.get("recovered"):
+                    self.reloads += 1
+                for event in data.get("publications") or ():
+                    self._record(event)
+                self.position[channel] = (max(self.position.get(channel, (0, ""))[0], int(data["offset"])),
+                                          str(data["epoch"]))
+                acked += 1
+                if acked == len(self.channels):
+                    self.subscribed.set()
+            elif ftype == "ERROR":
+                raise ConnectionError(f"refused: {data}")  # reconnect and try again
+            elif isinstance(frame.get("offset"), int) and frame.get("channel") in self.position:
+                self._record(frame)
+
+    def _record(self, event: dict[str, Any]) -> None:
+        channel = event["channel"]
+        self.seen[channel].append((event["offset"], event["data"]))
+        epoch = self.position.get(channel, (0, ""))[1]
+        self.position[channel] = (event["offset"], epoch)
+
+
 class Workload:
     def __init__(self, rng: random.Random, upstream_ports: list[int], *, writers: int = 3, readers: int = 3,
-                 channels: int = 3, pace: float = 0.03) -> None:
+                 channels: int = 3, wire_readers: int = 1, pace: float = 0.03) -> None:
         self.rng = rng
         self.upstream_ports = upstream_ports
         self.channels = [unique(f"public.chaos{i}-") for i in range(channels)]
@@ -93,13 +183,24 @@ class Workload:
         self.expected: dict[str, dict[str, list[int]]] = {c: collections.defaultdict(list) for c in self.channels}
         self.writers = [f"writer{i}" for i in range(writers)]
         self.readers = [f"reader{i}" for i in range(readers)]
+        self.wire_count = wire_readers
         self.peers: list[Peer] = []
+        self.wire_readers: list[WireReader] = []
         self._writing: list[asyncio.Task[None]] = []
         self._stop = asyncio.Event()
 
     @property
     def proxies(self) -> list[FaultProxy]:
-        return [p for peer in self.peers for p in peer.proxies]
+        return [p for peer in self.linked for p in peer.proxies]
+
+    @property
+    def linked(self) -> list[Peer | WireReader]:
+        """Everyone with links to fault."""
+        return [*self.peers, *self.wire_readers]
+
+    @property
+    def all_readers(self) -> list[Peer | WireReader]:
+        return [peer for peer in self.peers if peer.name in self.readers] + self.wire_readers
 
     async def start(self) -> "Workload":
         for name in self.writers + self.readers:
@@ -111,20 +212,30 @@ class Workload:
             if peer.name in self.readers:
                 for channel in self.channels:
                     await peer.client.subscribe(channel, peer.record)
+        for i in range(self.wire_count):
+            proxies = [await FaultProxy(port).start() for port in self.upstream_ports]
+            wire = WireReader(f"wire{i}", proxies, random.Random(self.rng.random()), self.channels)
+            self.wire_readers.append(wire)
+            wire.start()
+            await asyncio.wait_for(wire.subscribed.wait(), 10)
         for peer in self.peers:
             if peer.name in self.writers:
                 self._writing.append(asyncio.create_task(self._write(peer, random.Random(self.rng.random()))))
         return self
 
     async def _write(self, peer: Peer, rng: random.Random) -> None:
+        """Publishes in small bursts (so the outbox often sends several at once), ``pace``
+        seconds apart on average."""
         n = 0
         while not self._stop.is_set():
-            n += 1
-            channel = rng.choice(self.channels)
-            self.expected[channel][peer.name].append(n)
-            write = await peer.client.publish(channel, {"w": peer.name, "n": n})
-            peer.writes.append((write, channel, n))
-            await asyncio.sleep(rng.uniform(0, 2 * self.pace))
+            burst = rng.choice((1, 1, 1, 2, 3, 6, 12))
+            for _ in range(burst):
+                n += 1
+                channel = rng.choice(self.channels)
+                self.expected[channel][peer.name].append(n)
+                write = await peer.client.publish(channel, {"w": peer.name, "n": n})
+                peer.writes.append((write, channel, n))
+            await asyncio.sleep(rng.uniform(0, 2 * self.pace * burst))
 
     @property
     def published(self) -> int:
@@ -154,7 +265,7 @@ class Workload:
                     await peer.client.flush(timeout)
         histories = {channel: await read_history(server_url, channel) for channel in self.channels}
         deadline = time.monotonic() + timeout
-        readers = [peer for peer in self.peers if peer.name in self.readers]
+        readers = self.all_readers
         while time.monotonic() < deadline:
             if all(peer.last_offset(c) >= len(h) for peer in readers for c, h in histories.items()):
                 break
@@ -169,6 +280,8 @@ class Workload:
         for peer in self.peers:
             with contextlib.suppress(Exception):
                 await peer.client.close()
+        for wire in self.wire_readers:
+            await wire.stop()
         for proxy in self.proxies:
             await proxy.close()
 
@@ -198,7 +311,7 @@ class LinkChaos:
 
     KINDS = ("resets", "half_open", "stalls")
 
-    def __init__(self, rng: random.Random, peers: list[Peer], faults: Faults, *, every: tuple[float, float] = (0.003, 0.04),
+    def __init__(self, rng: random.Random, peers: list[Any], faults: Faults, *, every: tuple[float, float] = (0.003, 0.04),
                  weights: tuple[int, int, int] = (90, 4, 6)) -> None:
         self.rng, self.peers, self.faults, self.every, self.weights = rng, peers, faults, every, weights
         self._timers: set[asyncio.Task[None]] = set()
@@ -235,18 +348,26 @@ class LinkChaos:
 def backend_link_chaos(name: str, proxy: FaultProxy, rng: random.Random, faults: Faults, *,
                        every: tuple[float, float] = (0.4, 1.2), stall: tuple[float, float] = (0.2, 1.0)) -> Actor:
     """Faults on a node's link to a backend (Redis, PostgreSQL): every connection through
-    ``proxy`` reset at once, or stalled briefly."""
+    ``proxy`` reset at once; or stalled briefly, then flowing again; or stalled, then reset
+    (what was sent during the stall never arrives: a path that went silent, then dropped)."""
 
     async def run(stop: asyncio.Event) -> None:
         while not stop.is_set():
             await asyncio.sleep(rng.uniform(*every))
-            if rng.random() < 0.6:
+            kind = rng.choices(("resets", "stalls", "stall_resets"), (4, 3, 3))[0]
+            if kind == "resets":
                 if proxy.cut_all():
                     faults[f"{name}_resets"] += 1
-            elif proxy.stall_all():
+                continue
+            proxy.stall_all()
+            await asyncio.sleep(rng.uniform(*stall))
+            if kind == "stall_resets":
+                proxy.stalling = False
+                if proxy.cut_all():
+                    faults[f"{name}_stall_resets"] += 1
+            elif proxy.links:
                 faults[f"{name}_stalls"] += 1
-                await asyncio.sleep(rng.uniform(*stall))
-                proxy.resume_all()
+            proxy.resume_all()
         proxy.resume_all()
 
     return run
@@ -285,6 +406,7 @@ async def run_chaos(seconds: float, *actors: Actor) -> None:
 @dataclass
 class Audit:
     events: int = 0
+    deliveries: int = 0  # events the readers got (tether.client readers and wire readers)
     lost: int = 0
     duplicated: int = 0
     out_of_order: int = 0
@@ -308,7 +430,7 @@ class Audit:
             self.details.append(text)
 
     def line(self, name: str, faults: Faults) -> str:
-        return (f"chaos {name}: {faults.line()} events={self.events} lost={self.lost} duplicated={self.duplicated} "
+        return (f"chaos {name}: {faults.line()} events={self.events} deliveries={self.deliveries} lost={self.lost} duplicated={self.duplicated} "
                 f"out_of_order={self.out_of_order} holes={self.holes} mismatched={self.mismatched} "
                 f"reloads={self.reloads} refused={self.refused} unanswered={self.unanswered} "
                 f"applied_without_offset={self.applied_without_offset}")
@@ -342,10 +464,9 @@ def audit(work: Workload, histories: dict[str, list[dict[str, Any]]]) -> Audit:
             inversions = [f"n={x}@{at[writer, x]} before n={y}@{at[writer, y]}" for x, y in pairwise(got) if y < x]
             a.note(f"{channel} {writer}: history lost {sorted(lost)[:10]} duplicated "
                    f"{sorted(n for n, k in collections.Counter(got).items() if k > 1)[:10]} inverted {inversions[:5]}")
-        for peer in work.peers:
-            if peer.name not in work.readers:
-                continue
+        for peer in work.all_readers:
             seen = peer.seen.get(channel, [])
+            a.deliveries += len(seen)
             seen_offsets = [o for o, _ in seen]
             missing = set(by_offset[channel]) - set(seen_offsets)
             dup = len(seen_offsets) - len(set(seen_offsets))
@@ -357,6 +478,8 @@ def audit(work: Workload, histories: dict[str, list[dict[str, Any]]]) -> Audit:
             a.mismatched += wrong
             if missing or dup or disorder or wrong:
                 a.note(f"{channel} {peer.name}: missed {sorted(missing)[:10]} dup={dup} disorder={disorder} wrong={wrong}")
+    for wire in work.wire_readers:
+        a.reloads += wire.reloads
     for peer in work.peers:
         a.reloads += peer.reloads
         a.refused += peer.refused

@@ -37,6 +37,7 @@ def report(name: str, faults: Faults, work: Workload, histories: dict, minimum: 
 
 
 async def test_embedded_server_under_chaos_loses_duplicates_and_reorders_nothing(tmp_path: Path) -> None:
+    """Client links faulted, the server SIGKILLed and restarted on its data dir and port."""
     rng = random.Random(SEED)
     server = ServerProcess(tmp_path / "data", *SERVER_ARGS)
     await start_server(server)
@@ -56,7 +57,7 @@ async def test_embedded_server_under_chaos_loses_duplicates_and_reorders_nothing
                 await asyncio.sleep(rng.uniform(0.1, 1.0))
                 await start_server(server)
 
-        await run_chaos(SECONDS, LinkChaos(rng, work.peers, faults), kill_and_restart)
+        await run_chaos(SECONDS, LinkChaos(rng, work.linked, faults), kill_and_restart)
         histories = await work.settle(server.url)
         report("embedded", faults, work, histories, minimum=400)
     finally:
@@ -72,7 +73,8 @@ def through(proxy: FaultProxy, url: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{netloc[0]}@{host}" if len(netloc) == 2 else host))
 
 
-async def cluster_chaos(tmp_path: Path, name: str, rng: random.Random, *, node_kills: bool, backend_links: bool) -> None:
+async def cluster_chaos(tmp_path: Path, name: str, rng: random.Random, *, node_kills: bool, backend_links: bool,
+                        seconds: float = CLUSTER_SECONDS, writers: int = 3) -> None:
     """Three nodes whose links to Redis and PostgreSQL go through proxies, the workload given
     every node's URL, and the chaos asked for; then the audit."""
     probe = Cluster(tmp_path, 0)  # the service URLs (skips when PostgreSQL or Redis is down)
@@ -82,7 +84,7 @@ async def cluster_chaos(tmp_path: Path, name: str, rng: random.Random, *, node_k
     for node in cluster.nodes:  # every node reaches PostgreSQL through the proxy too
         node.env["TETHER_DATABASE_URL"] = with_query(through(pg_proxy, cluster.pg), schema=cluster.schema)
     faults = Faults()
-    work = Workload(rng, [node.port for node in cluster.nodes])
+    work = Workload(rng, [node.port for node in cluster.nodes], writers=writers)
     try:
         await asyncio.gather(*(start_server(node) for node in cluster.nodes))
         await work.start()
@@ -90,7 +92,7 @@ async def cluster_chaos(tmp_path: Path, name: str, rng: random.Random, *, node_k
         async def kill_nodes(stop: asyncio.Event) -> None:
             rounds, everyone = 4, 2  # the third round kills every node at once
             for round in range(rounds):
-                await asyncio.sleep(rng.uniform(0.6, 1.0) * CLUSTER_SECONDS / (rounds + 1))
+                await asyncio.sleep(rng.uniform(0.6, 1.0) * seconds / (rounds + 1))
                 if stop.is_set():
                     return
                 victims = cluster.nodes if round == everyone else [rng.choice(cluster.nodes)]
@@ -100,14 +102,14 @@ async def cluster_chaos(tmp_path: Path, name: str, rng: random.Random, *, node_k
                 await asyncio.sleep(rng.uniform(0.1, 1.0))
                 await asyncio.gather(*(start_server(node) for node in victims))
 
-        actors = [LinkChaos(rng, work.peers, faults)]
+        actors = [LinkChaos(rng, work.linked, faults)]
         if node_kills:
             actors.append(kill_nodes)
         if backend_links:
-            every = (0.15, 0.5)
-            actors += [backend_link_chaos("redis", redis_proxy, random.Random(rng.random()), faults, every=every),
-                       backend_link_chaos("pg", pg_proxy, random.Random(rng.random()), faults, every=every)]
-        await run_chaos(CLUSTER_SECONDS, *actors)
+            actors += [backend_link_chaos("redis", redis_proxy, random.Random(rng.random()), faults, every=(0.08, 0.25),
+                                          stall=(0.1, 0.6)),
+                       backend_link_chaos("pg", pg_proxy, random.Random(rng.random()), faults, every=(0.2, 0.6))]
+        await run_chaos(seconds, *actors)
         histories = await work.settle(cluster.nodes[0].url)
         report(name, faults, work, histories, minimum=400)
     finally:
@@ -124,12 +126,12 @@ async def test_cluster_under_chaos_loses_duplicates_and_reorders_nothing(tmp_pat
 
 
 @pytest.mark.services
-@pytest.mark.xfail(strict=True, reason=(
+@pytest.mark.xfail(strict=False, reason=(
     "a pipelined PUBLISH that fails for now (unavailable, a lost Redis round trip) does not stop the "
-    "PUBLISHes after it: they are stored first and the resent one after them (out_of_order > 0); "
-    "reproduced deterministically by tests/test_pipelined_publish_order.py"))
+    "PUBLISHes after it: they are stored first and the resent one after them (out_of_order > 0, in most "
+    "runs, not all: not strict); pinned deterministically by tests/test_pipelined_publish_order.py"))
 async def test_cluster_with_faulty_redis_and_postgres_links_loses_duplicates_and_reorders_nothing(
         tmp_path: Path) -> None:
     """Client links faulted, and every node's links to Redis and PostgreSQL reset or stalled."""
     await cluster_chaos(tmp_path, "cluster backend links", random.Random(SEED + 2), node_kills=False,
-                        backend_links=True)
+                        backend_links=True, seconds=SECONDS)
