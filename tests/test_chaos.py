@@ -126,10 +126,6 @@ async def test_cluster_under_chaos_loses_duplicates_and_reorders_nothing(tmp_pat
 
 
 @pytest.mark.services
-@pytest.mark.xfail(strict=False, reason=(
-    "a pipelined PUBLISH that fails for now (unavailable, a lost Redis round trip) does not stop the "
-    "PUBLISHes after it: they are stored first and the resent one after them (out_of_order > 0, in most "
-    "runs, not all: not strict); pinned deterministically by tests/test_pipelined_publish_order.py"))
 async def test_cluster_with_faulty_redis_and_postgres_links_loses_duplicates_and_reorders_nothing(
         tmp_path: Path) -> None:
     """Client links faulted, and every node's links to Redis and PostgreSQL reset or stalled."""

@@ -14,7 +14,7 @@ PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
 # What only the project's makers have: the contract, its sections, the seed apps, issue numbers.
 OUTSIDE = [
     (re.compile(r"\bSPEC\b|SPEC\.md|§"), "the product contract"),
-    (re.compile(r"\bseeds?\b(?!_)|seeds/", re.I), "a seed file"),
+    (re.compile(r"\bseeds?\b(?![_-])|seeds/", re.I), "a seed file"),  # (seed-reference: a bench system)
     (re.compile(r"\bissues? #?\d+|(?<![\w&/])#\d+\b", re.I), "an issue number"),
     (re.compile(r"\bshared/|/work/"), "a path outside the repository"),
 ]
