@@ -415,15 +415,15 @@ class Audit:
     reloads: int = 0  # recovered: false although the history held everything
     refused: int = 0  # writes the server refused for good (dropped from the outbox)
     unanswered: int = 0  # writes still without an answer after the settle
-    # Publishes answered {"applied": true}: their server died after storing the event and before
-    # storing its offset as the answer (documented in docs/protocol.md); the event itself is checked.
+    # Publishes answered {"applied": true} instead of their offset: a record committed without the
+    # answer (the embedded broker stores the offset with the event, the Redis one marks it: none).
     applied_without_offset: int = 0
     details: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
         return not (self.lost or self.duplicated or self.out_of_order or self.holes or self.mismatched
-                    or self.reloads or self.refused or self.unanswered)
+                    or self.reloads or self.refused or self.unanswered or self.applied_without_offset)
 
     def note(self, text: str) -> None:
         if len(self.details) < 20:

@@ -62,6 +62,21 @@ async def test_a_document_update_is_not_applied_again_after_a_crash(node: Any) -
     assert (await docs.get(alice, "boards", "b1"))["version"] == 2
 
 
+async def test_a_crashed_keyed_publish_is_answered_with_its_offset(tmp_path: Path) -> None:
+    """The embedded broker commits the request's record with its event: the record holds the
+    publish's answer (its offset), so the retry after a crash right after the commit gets it."""
+    from types import SimpleNamespace
+
+    async with started_node(tmp_path, ChannelsFeature) as node:
+        channels = node.feature(ChannelsFeature)
+        conn = SimpleNamespace(identity=Identity("alice"))  # all a PUBLISH reads of its connection
+        data = {"channel": "public.answered", "data": {"n": 1}}
+        await crashed(node, "p2", lambda: channels.publish(conn, data))
+        retried = await node.idempotency.run("alice:rest", "p2", lambda: channels.publish(conn, data))
+        assert retried["offset"] == 1 and retried["channel"] == "public.answered"
+        assert (await node.broker.read("public.answered", 0)).position.offset == 1
+
+
 async def test_a_keyed_publish_is_not_published_again_after_a_crash(node: Any) -> None:
     await crashed(node, "p1", lambda: node.publish("public.once", "PUBLICATION", {"n": 1}))
     retried = await node.idempotency.run("alice:rest", "p1",

@@ -18,6 +18,7 @@ from tether.broker.base import Broker, Deliver, OutboxRow, Position, Stream
 from tether.storage.database import Database, Rider, rider, riding
 from tether.wire import protocol
 from tether.wire.errors import TetherError
+from tether.wire.jsonutil import dumps
 
 SCHEMA = [
     """CREATE TABLE IF NOT EXISTS channel_positions (
@@ -66,7 +67,8 @@ class ChannelLog:
                               self.legacy_ttl)
 
     async def append_many(self, items: list[tuple[str, str, Any, int, float]],
-                          riders: Sequence[Rider] = (), taken: Sequence[int] = ()) -> list[tuple[Position, str]]:
+                          riders: Sequence[Rider] = (), taken: Sequence[int] = (),
+                          placed: dict[Rider, int] | None = None) -> list[tuple[Position, str]]:
         """Append events in one transaction (group commit), offsets in list order per channel.
 
         One multi-row UPSERT per chunk of channels reserves all of their offsets,
@@ -76,6 +78,7 @@ class ChannelLog:
         scan of the channel). Age is trimmed apart, by :meth:`sweep`.
         """
         now = time.time()
+        placed = placed or {}  # rider -> the index of its request's event in items
         counts: dict[str, int] = {}
         for channel, *_ in items:
             counts[channel] = counts.get(channel, 0) + 1
@@ -121,6 +124,8 @@ class ChannelLog:
                 await tx.executemany(
                     'DELETE FROM channel_history WHERE channel = ? AND "offset" > ? AND "offset" <= ?', trims)
             for r in riders:  # the publishing requests' idempotency records, in the same COMMIT
+                if r.at_publish is not None and r in placed:
+                    r.answer = dumps(r.at_publish(out[placed[r]][0]))
                 await tx.execute(r.sql, *r.args())
             if taken:  # the outbox rows these events were staged in: published once, gone at once
                 await tx.executemany("DELETE FROM outbox WHERE id = ?", [(i,) for i in taken])
@@ -249,9 +254,9 @@ class MemoryBroker(Broker):
                 batch, self._pending = self._pending, []
                 results: list[Any]
                 try:
+                    riders = {r: i for i, (*_, r, _) in enumerate(batch) if r is not None and not r.done}
                     results = list(await self.log.append_many(
-                        [item for item, *_ in batch], [r for *_, r, _ in batch if r is not None and not r.done],
-                        [i for *_, i in batch if i is not None]))
+                        [item for item, *_ in batch], list(riders), [i for *_, i in batch if i is not None], riders))
                 except Exception as exc:
                     if isinstance(exc, TetherError) and exc.code == "unavailable":
                         # The database is unreachable, maybe mid-COMMIT: whether the batch landed
@@ -281,8 +286,9 @@ class MemoryBroker(Broker):
         results: list[Any] = []
         for item, _, _, r, i in batch:
             try:
-                results.append((await self.log.append_many([item], [r] if r is not None and not r.done else [],
-                                                           [i] if i is not None else []))[0])
+                live = r is not None and not r.done
+                results.append((await self.log.append_many([item], [r] if live else [], [i] if i is not None else [],
+                                                           {r: 0} if live else None))[0])
             except Exception as exc:
                 results.append(exc)
         return results

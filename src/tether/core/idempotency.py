@@ -80,6 +80,15 @@ def answer(result: Any) -> None:
         r.answer = dumps(result)
 
 
+def answer_on_publish(make: Callable[[Any], Any]) -> None:
+    """Say what the current request will answer once its event has a position (``make(position)``):
+    a broker that commits the record with the event (the embedded one) stores that answer, so a
+    retry after a crash right after the commit gets the offset, not :data:`APPLIED`."""
+    r = rider()
+    if r is not None:
+        r.at_publish = make
+
+
 def rerun_on_failure() -> None:
     """Say the current request's writes are safe to repeat (an upsert, say). If it then fails
     after writing (its event could not be published), its record is removed and the retry runs

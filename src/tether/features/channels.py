@@ -9,7 +9,8 @@ from pydantic import BaseModel, Field
 
 from tether.core.auth import Identity
 from tether.core.connection import Connection, Op
-from tether.core.idempotency import scope
+from tether.broker.base import Position
+from tether.core.idempotency import answer_on_publish, scope
 from tether.core.node import Feature
 from tether.core.rest import Caller, NodeDep
 from tether.wire import protocol
@@ -35,6 +36,11 @@ def publishable_type(who: Identity, value: Any, requests: Any = ()) -> str:
     if etype in protocol.PROTOCOL_TYPES or etype in requests:
         raise bad_request(f"'type': {etype} is a frame of the protocol itself and cannot be published")
     return etype
+
+
+def published(channel: str, position: Position) -> dict[str, Any]:
+    """A publish's answer (also stored with its idempotency record, for a retry after a crash)."""
+    return {"channel": channel, "offset": position.offset, "epoch": position.epoch}
 
 
 class ChannelsFeature(Feature):
@@ -71,9 +77,10 @@ class ChannelsFeature(Feature):
         if "data" not in data:
             raise bad_request("PUBLISH needs 'data'")
         await self.node.namespaces.may_publish(conn.identity, channel)
+        answer_on_publish(lambda position: published(channel, position))
         position = await self.node.publish(channel, "PUBLICATION", data["data"])
         self.node.metrics.publishes.inc()
-        return {"channel": channel, "offset": position.offset, "epoch": position.epoch}
+        return published(channel, position)
 
     def router(self) -> APIRouter:
         router = APIRouter(tags=["channels"])
@@ -91,9 +98,10 @@ class ChannelsFeature(Feature):
                                                f"{node.settings.max_frame_bytes}-byte frame limit", field="data")
 
             async def run() -> dict[str, Any]:
+                answer_on_publish(lambda position: published(channel, position))
                 position = await node.publish(channel, event_type, body.data)
                 node.metrics.publishes.inc()
-                return {"channel": channel, "offset": position.offset, "epoch": position.epoch}
+                return published(channel, position)
 
             if idempotency_key:
                 return await node.idempotency.run(scope(who, f"rest:publish {channel}"), idempotency_key, run)  # type: ignore[no-any-return]

@@ -24,7 +24,7 @@ class Rider:
     record is stored (``settled``).
     """
 
-    __slots__ = ("sql", "make_args", "answer", "done", "rerun", "name", "ttl", "marks", "settled")
+    __slots__ = ("sql", "make_args", "answer", "done", "rerun", "name", "ttl", "marks", "settled", "at_publish")
 
     def __init__(self, sql: str, make_args: Callable[[str], tuple[Any, ...]], answer: str,
                  name: str = "", ttl: float = 0.0) -> None:
@@ -33,6 +33,9 @@ class Rider:
         self.name, self.ttl = name, ttl  # who and which request: stable across a retry on any node
         self.marks = 0
         self.settled: list[Callable[[], None]] = []  # called once the record is stored
+        # The request's answer, made from its event's position by a broker that commits the
+        # rider with the event (see tether.core.idempotency.answer_on_publish).
+        self.at_publish: Callable[[Any], Any] | None = None
 
     def mark(self, what: str) -> str:
         """A name for this request's next write outside SQL: ``what`` plus its place in the request."""
