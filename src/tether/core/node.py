@@ -23,6 +23,7 @@ from tether.core.config import Settings
 from tether.core.connection import Connection, Op, TokenBucket, pass_turn
 from tether.core.hub import Hub
 from tether.core.idempotency import Idempotency
+from tether.core.logs import one_line
 from tether.core.metrics import Metrics
 from tether.core.namespaces import Namespace, Namespaces, builtin, load_overrides
 from tether.core.outbox import Change, Outbox
@@ -216,8 +217,8 @@ class Node:
         for f in self.features:
             try:
                 await f.disconnected(conn)
-            except Exception:
-                log.exception("%s: disconnect hook failed", f.name)
+            except Exception as exc:  # one line: a broker outage fails every disconnect meanwhile
+                log.warning("%s: disconnect hook failed: %s", f.name, one_line(exc))
 
     def user_rate(self, user_id: str) -> bool:
         bucket = self._user_buckets.get(user_id)
