@@ -200,7 +200,8 @@ def chart(results: dict[str, Any], path: Path) -> None:
               ("idle_connections", "bytes_per_connection", "memory per idle connection, KiB")]
     panels = [p for p in panels if p[0] in results]
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), squeeze=False)
-    colors = {"tether": "#2b6cb0", "websockets-broadcast": "#718096", "python-socketio": "#dd6b20", "socket.io-node": "#38a169"}
+    colors = {"tether": "#2b6cb0", "websockets-broadcast": "#718096", "python-socketio": "#dd6b20", "socket.io-node": "#38a169",
+              "django-channels": "#805ad5"}
     for ax, (w, key, title) in zip(axes[0], panels):
         names = [s for s, r in results[w].items() if isinstance(r.get(key), (int, float))]
         vals = [results[w][s][key] / (1024 if key == "bytes_per_connection" else 1) for s in names]
