@@ -201,12 +201,13 @@ def soak_table(r: dict[str, Any]) -> Table:
     t = Table(title=f"soak: {r['connections']} connections ({r['reconnects_per_s']:g} reconnects/s), "
                     f"{r['publishes_per_s']:g} publishes/s over {r['rooms']} rooms, {r['rest_per_s']:g} REST calls/s; "
                     f"history {r['history_size']} events a channel, passed after ~{r['history_fill_s']:g} s")
-    for c in ["t s", "server CPU %", "loadgen CPU %", "p50 ms", "p99 ms", "ACK p99 ms", "REST p99 ms", "RSS MiB", "storage KiB",
+    for c in ["t s", "server CPU %", "loadgen CPU %", "machine busy %", "p50 ms", "p99 ms", "ACK p99 ms", "REST p99 ms", "RSS MiB", "storage KiB",
               "WAL KiB", "open fds", "deliveries", "errors"]:
         t.add_column(c, justify="right")
     for x in r["series"]:
         errors = x.get("publish_errors", 0) + x.get("rest_errors", 0) + x.get("reconnect_errors", 0)
-        t.add_row(_fmt(x["t_s"]), _fmt(x["server_cpu_pct"]), _fmt(x.get("loadgen_cpu_pct")), _fmt(x["p50_ms"]), _fmt(x["p99_ms"]), _fmt(x["ack_p99_ms"]),
+        t.add_row(_fmt(x["t_s"]), _fmt(x["server_cpu_pct"]), _fmt(x.get("loadgen_cpu_pct")),
+                  _fmt(x.get("machine_busy_pct")), _fmt(x["p50_ms"]), _fmt(x["p99_ms"]), _fmt(x["ack_p99_ms"]),
                   _fmt(x["rest_p99_ms"]), f"{x['rss_bytes'] / 2**20:.1f}", _fmt(x["storage_bytes"] // 1024),
                   _fmt(x["wal_bytes"] // 1024), _fmt(x["open_fds"]), _fmt(x.get("delivered")), _fmt(errors))
     checks = r["checks"]

@@ -35,7 +35,7 @@ from typing import Any, Callable
 from bench.http import Http
 from bench.ops import Rpc
 from bench.stats import ctx, percentile
-from bench.systems import Server, cpu_seconds, rss
+from bench.systems import Server, cpu_seconds, machine_busy, rss
 from bench.wire import DIALECTS, PAD, Client, connect, now_us
 from bench.workers import _loop
 
@@ -256,14 +256,16 @@ def soak(system: str, sizes: Any, status: Callable[[str], None]) -> dict[str, An
         series: list[dict[str, Any]] = []
         t0 = time.monotonic()
         shared.go.value = 1
-        cpu0, gen0, mark = cpu_seconds(server.pid), cpu_seconds(proc.pid), t0
+        cpu0, gen0, mark, busy0 = cpu_seconds(server.pid), cpu_seconds(proc.pid), t0, machine_busy()
         for k in range(1, n + 1):
             time.sleep(max(0.0, t0 + k * every - time.monotonic()))
-            now, cpu, gen = time.monotonic(), cpu_seconds(server.pid), cpu_seconds(proc.pid)
+            now, cpu, gen, busy = time.monotonic(), cpu_seconds(server.pid), cpu_seconds(proc.pid), machine_busy()
             sample = {"t_s": round(now - t0, 1), "server_cpu_pct": round(100 * (cpu - cpu0) / (now - mark), 1),
                       "loadgen_cpu_pct": round(100 * (gen - gen0) / (now - mark), 1),
+                      # all cores, whoever used them: a p99 spike with the machine full is contention
+                      "machine_busy_pct": round(100 * (busy[0] - busy0[0]) / (busy[1] - busy0[1])) if busy[1] > busy0[1] else None,
                       "rss_bytes": rss(server.pid), "open_fds": open_fds(server.pid), **storage(server.dir)}
-            cpu0, gen0, mark = cpu, gen, now
+            cpu0, gen0, mark, busy0 = cpu, gen, now, busy
             if k == n:
                 shared.stop.value = 1
             shared.window.value = k
