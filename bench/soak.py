@@ -167,8 +167,9 @@ async def _worker(port: int, sizes: Any, shared: Any) -> None:
         window = shared.window.value
         lat.extend(lat_sink)
         lat_sink.clear()
-        delivered = sum(c.delivered for c in slots) + sum(c.delivered for c in retired)
-        for c in slots:
+        seen = {id(c): c for c in slots + retired}  # a slot mid-reconnect is in both
+        delivered = sum(c.delivered for c in seen.values())
+        for c in seen.values():
             c.delivered = 0
         retired.clear()
         shared.results.put({"latencies": lat.tobytes(), "acks": acks.tobytes(), "rest": rest.tobytes(),
