@@ -45,7 +45,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--chart", default=str(ROOT / "docs" / "benchmarks.png"), help="PNG to write ('' for none)")
     about = {"repeat": "latency windows per system, reported as their median (quick 3, smoke 1)",
              "pin": "1: during latency windows, server on one CPU and load generator on the others; 0: no pinning",
-             "nodes": "cluster workload: one node, then this many"}
+             "nodes": "cluster workload: one node, then this many",
+             "soak_seconds": "soak workload: how long (quick 60, smoke 3)",
+             "soak_sample": "soak: seconds between samples (smoke 1)",
+             "soak_conns": "soak: subscriber connections", "soak_churn": "soak: reconnects per second",
+             "soak_rate": "soak: publishes per second", "soak_rooms": "soak: rooms the publishes go to",
+             "soak_rest": "soak: REST calls per second (heartbeats, locks, document updates)"}
     for f in dataclasses.fields(run.Sizes):
         ap.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=None,
                         help=f"{about.get(f.name, 'override size')} (full: {f.default})")
