@@ -45,7 +45,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--chart", default=str(ROOT / "docs" / "benchmarks.png"), help="PNG to write ('' for none)")
     about = {"repeat": "latency windows per system, reported as their median (quick 3, smoke 1)",
              "pin": "1: during latency windows, server on one CPU and load generator on the others; 0: no pinning",
-             "nodes": "cluster workload: one node, then this many"}
+             "nodes": "cluster workload: one node, then this many",
+             "soak_seconds": "soak workload: how long (quick 60, smoke 3)",
+             "soak_sample": "soak: seconds between samples (smoke 1)",
+             "soak_conns": "soak: subscriber connections", "soak_churn": "soak: reconnects per second",
+             "soak_rate": "soak: publishes per second", "soak_rooms": "soak: rooms the publishes go to",
+             "soak_rest": "soak: REST calls per second (heartbeats, locks, document updates)"}
     for f in dataclasses.fields(run.Sizes):
         ap.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=None,
                         help=f"{about.get(f.name, 'override size')} (full: {f.default})")
@@ -119,6 +124,9 @@ def main(argv: list[str] | None = None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
     Console(width=150).print(table(results, workloads, systems))
+    soak = results.get("soak", {}).get("tether")
+    if soak and "error" not in soak:
+        Console(width=150).print(soak_table(soak))
     console.print(f"wrote {args.out}")
     if str(args.chart):
         try:
@@ -180,11 +188,45 @@ def table(results: dict[str, Any], workloads: list[str], systems: list[str]) -> 
                 t.add_row(w, s, f"{r['recovered_clients']}/{r['clients']} in {r['all_recovered_s']} s",
                           _fmt(r["p50_ms"]), _fmt(r["p99_ms"]))
                 continue
+            if w == "soak":
+                ok = r["checks"].get("ok")
+                t.add_row(w, s, f"{r['seconds']:.0f} s: {'stable' if ok else 'drift' if ok is False else 'not judged'}",
+                          _fmt(r["p50_ms"]), _fmt(r["p99_ms"]), "", "", "", _fmt(r["server_cpu_pct"]))
+                continue
             if w == "cluster":
                 t.add_row("cluster (1 node)", s, *_row(r["nodes_1"]))
                 t.add_row(f"cluster ({r.get('nodes', 2)} nodes)", s, *_row(r))
                 continue
             t.add_row(w, s, *_row(r))
+    return t
+
+
+def soak_table(r: dict[str, Any]) -> Table:
+    """The soak's samples, then each check: the last window against its reference."""
+    t = Table(title=f"soak: {r['connections']} connections ({r['reconnects_per_s']:g} reconnects/s), "
+                    f"{r['publishes_per_s']:g} publishes/s over {r['rooms']} rooms, {r['rest_per_s']:g} REST calls/s; "
+                    f"history {r['history_size']} events a channel, passed after ~{r['history_fill_s']:g} s")
+    for c in ["t s", "server CPU %", "loadgen CPU %", "machine busy %", "p50 ms", "p99 ms", "ACK p99 ms", "REST p99 ms", "RSS MiB", "storage KiB",
+              "WAL KiB", "open fds", "deliveries", "errors"]:
+        t.add_column(c, justify="right")
+    for x in r["series"]:
+        errors = x.get("publish_errors", 0) + x.get("rest_errors", 0) + x.get("reconnect_errors", 0)
+        t.add_row(_fmt(x["t_s"]), _fmt(x["server_cpu_pct"]), _fmt(x.get("loadgen_cpu_pct")),
+                  _fmt(x.get("machine_busy_pct")), _fmt(x["p50_ms"]), _fmt(x["p99_ms"]), _fmt(x["ack_p99_ms"]),
+                  _fmt(x["rest_p99_ms"]), f"{x['rss_bytes'] / 2**20:.1f}", _fmt(x["storage_bytes"] // 1024),
+                  _fmt(x["wal_bytes"] // 1024), _fmt(x["open_fds"]), _fmt(x.get("delivered")), _fmt(errors))
+    checks = r["checks"]
+    if not checks.get("evaluated"):
+        t.caption = "checks: too few samples to judge"
+        return t
+    parts = []
+    for key, c in checks.items():
+        if isinstance(c, dict) and "ok" in c:
+            parts.append(f"{key} {c['ratio']}× (≤ {1 + c['tolerance']:g}× of t={c['reference_t_s']:g} s): "
+                         f"{'ok' if c['ok'] else 'DRIFT'}")
+        elif isinstance(c, dict):
+            parts.append(f"{key}: not judged")
+    t.caption = "last window against reference: " + "; ".join(parts)
     return t
 
 
@@ -200,7 +242,8 @@ def chart(results: dict[str, Any], path: Path) -> None:
               ("idle_connections", "bytes_per_connection", "memory per idle connection, KiB")]
     panels = [p for p in panels if p[0] in results]
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), squeeze=False)
-    colors = {"tether": "#2b6cb0", "websockets-broadcast": "#718096", "python-socketio": "#dd6b20", "socket.io-node": "#38a169"}
+    colors = {"tether": "#2b6cb0", "websockets-broadcast": "#718096", "python-socketio": "#dd6b20", "socket.io-node": "#38a169",
+              "django-channels": "#805ad5"}
     for ax, (w, key, title) in zip(axes[0], panels):
         names = [s for s, r in results[w].items() if isinstance(r.get(key), (int, float))]
         vals = [results[w][s][key] / (1024 if key == "bytes_per_connection" else 1) for s in names]

@@ -12,6 +12,7 @@ from typing import Any, Callable
 
 from bench import ops as _ops
 from bench import pin, workers
+from bench.soak import soak
 from bench.stats import ctx, percentile
 from bench.systems import OPS_ONLY, Server, cpu_seconds, machine_busy
 
@@ -33,12 +34,21 @@ class Sizes:
     repeat: int = 5  # latency windows per system (fan-out, rooms, cluster): p50/p99 are their medians
     pin: int = 1  # 1: during latency windows the server gets one CPU, the load generator the others (bench.pin)
     nodes: int = 2  # cluster workload: one node, then this many
+    soak_seconds: float = 240.0  # soak workload (bench.soak): how long, sampled every soak_sample s
+    soak_sample: float = 10.0
+    soak_conns: int = 300  # subscriber connections …
+    soak_churn: float = 20.0  # … of which this many reconnect each second
+    soak_rate: float = 300.0  # publishes/s over soak_rooms rooms
+    soak_rooms: int = 50
+    soak_rest: float = 30.0  # REST calls/s: heartbeats, lock acquire + release, document updates
 
 
 QUICK = Sizes(fanout=300, many=1000, idle=2000, latency_rate=6000, seconds=2.0, warmup=0.7, procs=2,
-              op_clients=16, recover=300, missed=20, rooms=200, members=10, repeat=3)
+              op_clients=16, recover=300, missed=20, rooms=200, members=10, repeat=3, soak_seconds=60.0)
 SMOKE = Sizes(fanout=10, many=10, idle=20, latency_rate=200, seconds=0.3, warmup=0.2, procs=1,
-              op_clients=2, recover=5, missed=3, rooms=3, members=3, repeat=1)
+              op_clients=2, recover=5, missed=3, rooms=3, members=3, repeat=1,
+              soak_seconds=3.0, soak_sample=1.0, soak_conns=20, soak_churn=5.0, soak_rate=50.0, soak_rooms=5,
+              soak_rest=15.0)
 
 Status = Callable[[str], None]
 
@@ -335,8 +345,9 @@ WORKLOADS: dict[str, Callable[[str, Sizes, Status], dict[str, Any]]] = {
     "ops": _ops.ops,
     "recovery": _ops.recovery,
     "cluster": cluster,
+    "soak": soak,
 }
-TETHER_ONLY = {"recovery", "cluster"}
+TETHER_ONLY = {"recovery", "cluster", "soak"}
 
 
 def runs_on(workload: str, system: str) -> bool:

@@ -17,8 +17,8 @@ PEERS = ROOT / "bench" / "peers"
 NODE_PEER = PEERS / "socketio-node"
 
 API_KEY = "bench-api-key"
-SYSTEMS = ["tether", "websockets-broadcast", "python-socketio", "socket.io-node", "tether-redis", "seed-reference",
-           "http-noop"]
+SYSTEMS = ["tether", "websockets-broadcast", "python-socketio", "socket.io-node", "django-channels", "tether-redis",
+           "seed-reference", "http-noop"]
 # Systems of the ops workload only: Tether on PostgreSQL + Redis (presence and locks in Redis, like
 # the REST peer's), and the REST peers, which serve some REST ops and nothing over WebSocket.
 OPS_ONLY = {"tether-redis", "seed-reference", "http-noop"}
@@ -88,6 +88,16 @@ def ensure_node_peer() -> None:
         raise Unavailable(f"npm install failed in {NODE_PEER}: {proc.stderr.strip()[-300:]}")
 
 
+def redis_reachable() -> None:
+    from urllib.parse import urlsplit
+
+    u = urlsplit(REDIS_URL)
+    try:
+        socket.create_connection((u.hostname or "127.0.0.1", u.port or 6379), timeout=1).close()
+    except OSError:
+        raise Unavailable(f"{REDIS_URL} is not reachable (set BENCH_REDIS_URL)") from None
+
+
 def check(system: str) -> None:
     """Raise Unavailable when the system's dependencies are missing."""
     if system == "python-socketio":
@@ -100,13 +110,15 @@ def check(system: str) -> None:
     elif system == "tether-redis":
         scaled_env("check")  # raises Unavailable when PostgreSQL or Redis is not reachable
     elif system == "seed-reference":
-        from urllib.parse import urlsplit
-
-        u = urlsplit(REDIS_URL)
+        redis_reachable()
+    elif system == "django-channels":
         try:
-            socket.create_connection((u.hostname or "127.0.0.1", u.port or 6379), timeout=1).close()
-        except OSError:
-            raise Unavailable(f"{REDIS_URL} is not reachable (set BENCH_REDIS_URL)") from None
+            import channels  # noqa: F401
+            import channels_redis  # noqa: F401
+            import django  # noqa: F401
+        except ImportError:
+            raise Unavailable("channels / channels-redis / django are not installed: pip install -e '.[bench]'") from None
+        redis_reachable()
 
 
 class Server:
@@ -118,6 +130,9 @@ class Server:
         self.dir = Path(tempfile.mkdtemp(prefix=f"bench-{system}-"))
         self.env = {**os.environ, "PYTHONPATH": str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""),
                     **(env or {})}
+        self.redis_prefix: str | None = None
+        if system == "django-channels":  # its channel layer's keys, deleted by stop() even after a SIGKILL
+            self.redis_prefix = self.env["BENCH_DC_PREFIX"] = f"bench_dc_{os.getpid()}_{self.port}_{time.time_ns() % 10**9}"
         self._spawn()
 
     def _spawn(self) -> None:
@@ -135,6 +150,7 @@ class Server:
             "websockets-broadcast": [py, str(PEERS / "ws_broadcast.py"), p],
             "python-socketio": [py, str(PEERS / "socketio_py.py"), p],
             "socket.io-node": ["node", str(NODE_PEER / "server.js"), p],
+            "django-channels": [py, "-m", "bench.peers.django_channels", p],  # its own Redis prefix
             "seed-reference": [py, str(PEERS / "rest_redis.py"), p],
             "http-noop": [py, str(PEERS / "http_noop.py"), p],
         }[system]
@@ -192,6 +208,21 @@ class Server:
                 self.proc.wait()
         self.log.close()
         shutil.rmtree(self.dir, ignore_errors=True)
+        if self.redis_prefix:
+            drop_redis_keys(self.redis_prefix)
+
+
+def drop_redis_keys(prefix: str) -> None:
+    """Delete every key under ``prefix`` (a peer's channel layer: groups, queues)."""
+    import redis
+
+    r = redis.from_url(REDIS_URL)
+    try:
+        keys = list(r.scan_iter(prefix + "*", count=1000))
+        for i in range(0, len(keys), 1000):
+            r.delete(*keys[i:i + 1000])
+    finally:
+        r.close()
 
 
 def rss(pid: int) -> int:

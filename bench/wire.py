@@ -148,6 +148,7 @@ DIALECTS: dict[str, Dialect] = {
     "python-socketio": SocketIODialect(),
     "websockets-broadcast": WsBroadcastDialect(),
     "socket.io-node": SocketIODialect(),
+    "django-channels": WsBroadcastDialect(),  # bench/peers/django_channels speaks the same frames
 }
 
 

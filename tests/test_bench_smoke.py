@@ -23,7 +23,8 @@ def test_bench_smoke_writes_valid_json(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads(out.read_text())
-    assert set(results) == {"rooms", "fanout", "many_channels", "idle_connections", "ops", "recovery", "cluster", "meta"}
+    assert set(results) == {"rooms", "fanout", "many_channels", "idle_connections", "ops", "recovery", "cluster", "soak",
+                            "meta"}
     for system in ("tether", "websockets-broadcast"):
         rooms = results["rooms"][system]
         assert "error" not in rooms, rooms
@@ -55,13 +56,45 @@ def test_bench_smoke_writes_valid_json(tmp_path: Path) -> None:
     rec = results["recovery"]["tether"]
     assert "error" not in rec, rec
     assert rec["recovered_clients"] == rec["clients"] == results["meta"]["sizes"]["recover"]
-    assert set(results["recovery"]) == set(results["cluster"]) == {"tether"}
+    soak = results["soak"]["tether"]
+    assert "error" not in soak, soak
+    assert len(soak["series"]) == 3 and soak["errors"] == 0  # smoke: 3 s sampled every second
+    for sample in soak["series"]:
+        assert sample["published"] > 0 and sample["delivered"] > 0 and sample["rest_calls"] > 0
+        assert sample["rss_bytes"] > 0 and sample["storage_bytes"] > 0 and sample["open_fds"] > 0
+        assert 0 < sample["p50_ms"] <= sample["p99_ms"]
+    assert sum(s.get("reconnects", 0) for s in soak["series"]) > 0
+    assert soak["checks"]["evaluated"] and isinstance(soak["checks"]["ok"], bool)
+    assert set(results["recovery"]) == set(results["cluster"]) == set(results["soak"]) == {"tether"}
     assert set(results["ops"]) == {"tether", "seed-reference", "http-noop"}
     assert set(results["fanout"]) == {"tether", "websockets-broadcast"}  # the REST peers serve ops only
     cluster = results["cluster"]["tether"]  # an error only when PostgreSQL/Redis are not reachable
     assert "error" in cluster or (cluster["nodes"] == 3 and cluster["nodes_3"]["dropped_connections"] == 0
                                   and len(cluster["nodes_3"]["server_cpu_pct_each"]) == 3)
     assert results["meta"]["command"].startswith("python -m bench")
+
+
+@pytest.mark.timeout(120)
+def test_bench_smoke_django_channels_rooms(tmp_path: Path) -> None:
+    """The Django Channels peer joins rooms, fans out through Redis groups and acks publishes."""
+    pytest.importorskip("channels_redis")
+    from bench.systems import Unavailable, check
+
+    try:
+        check("django-channels")
+    except Unavailable as exc:
+        pytest.skip(str(exc))
+    out = tmp_path / "latest.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "--smoke", "--systems", "django-channels", "--workloads", "rooms",
+         "--out", str(out), "--chart", ""],
+        cwd=ROOT, capture_output=True, text=True, timeout=110,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rooms = json.loads(out.read_text())["rooms"]["django-channels"]
+    assert "error" not in rooms, rooms
+    assert rooms["deliveries_per_s"] > 0 and rooms["dropped_connections"] == 0
+    assert rooms["latency_samples"] > 0 and 0 <= rooms["p50_ms"] <= rooms["p99_ms"]
 
 
 async def test_counting_mode_counts_exactly_however_the_stream_is_cut() -> None:
