@@ -242,7 +242,7 @@ class Connection:
         self.last_seen = time.monotonic()
         if len(raw) > self.node.settings.max_frame_bytes:
             await self.settle()  # every reply leaves in request order, refusals too
-            self.node.metrics.messages_in.labels("invalid").inc()
+            self.node.metrics.messages_in_of("invalid").inc()
             self._refuse(protocol.request_id(raw), TetherError(
                 "too_large", f"frame of {len(raw)} bytes exceeds the limit of {self.node.settings.max_frame_bytes}"))
             return
@@ -250,12 +250,12 @@ class Connection:
             frame = protocol.parse(raw)
         except TetherError as exc:
             await self.settle()
-            self.node.metrics.messages_in.labels("invalid").inc()
+            self.node.metrics.messages_in_of("invalid").inc()
             self._refuse(protocol.request_id(raw), exc)
             return
         # Label by known types only: a client choosing types must not grow the metric without bound.
         known = frame.type in self.node.ops or frame.type in ("PING", "PONG")
-        self.node.metrics.messages_in.labels(frame.type if known else "unknown").inc()
+        self.node.metrics.messages_in_of(frame.type if known else "unknown").inc()
         if frame.type == "PING":
             self.send(protocol.frame("PONG", {"timestamp": frame.data.get("timestamp")}))
             return
@@ -361,7 +361,7 @@ class Connection:
             log.error("request %s failed: %s", frame.type, one_line(exc))  # one line: a client must not fill the disk
             outcome = TetherError("unavailable", f"{frame.type} failed inside the server; retry")
         finally:
-            self.node.metrics.request_latency.labels(frame.type).observe(time.perf_counter() - started)
+            self.node.metrics.request_latency_of(frame.type).observe(time.perf_counter() - started)
         if isinstance(outcome, TetherError):
             self._stop_if_retryable(frame, outcome)
         pass_turn()  # finished without publishing (refused, or answered from its record): the next may go

@@ -10,7 +10,23 @@ from prometheus_client import (
     generate_latest,
 )
 
+from typing import Any, Callable
+
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+def labelled(metric: Any) -> Callable[[str], Any]:
+    """``metric.labels(value)``, remembered: prometheus-client looks a child up under a lock on
+    every call, a cost per frame on the hot path. Only for labels from a bounded set."""
+    children: dict[str, Any] = {}
+
+    def child(value: str) -> Any:
+        c = children.get(value)
+        if c is None:
+            c = children[value] = metric.labels(value)
+        return c
+
+    return child
 
 
 class Metrics:
@@ -31,6 +47,8 @@ class Metrics:
         self.request_latency = Histogram(
             "tether_request_latency_seconds", "WebSocket request handling time", ["type"], buckets=LATENCY_BUCKETS, registry=r
         )
+        self.messages_in_of = labelled(self.messages_in)  # "type": known frame types, "unknown", "invalid"
+        self.request_latency_of = labelled(self.request_latency)  # "type": the node's ops only
         self.errors = Counter("tether_errors", "Errors answered, by code", ["code"], registry=r)
         self.disconnects = Counter("tether_disconnects", "Connections closed by the server, by reason", ["reason"], registry=r)
         self.locks_held = Gauge("tether_locks_held", "Locks currently held", registry=r)

@@ -65,19 +65,32 @@ async def check(rule: Rule, who: Identity, channel: str, action: str) -> None:
     raise forbidden(reason)
 
 
+#: Channels whose namespace is remembered (each publish and subscribe looks it up, and a
+#: lookup tries every pattern in order); past this many the memory starts over.
+FOUND_CACHE = 65_536
+
+
 class Namespaces:
     def __init__(self, namespaces: list[Namespace] | None = None) -> None:
         self._list: list[Namespace] = list(namespaces or [])
+        self._found: dict[str, Namespace] = {}
 
     def add(self, *namespaces: Namespace, first: bool = False) -> None:
         if first:
             self._list[0:0] = namespaces
         else:
             self._list.extend(namespaces)
+        self._found.clear()
 
     def find(self, channel: str) -> Namespace:
+        ns = self._found.get(channel)
+        if ns is not None:
+            return ns
         for ns in self._list:
             if ns.matches(channel):
+                if len(self._found) >= FOUND_CACHE:
+                    self._found.clear()
+                self._found[channel] = ns
                 return ns
         raise forbidden(f"no namespace matches channel {channel!r} (see docs/protocol.md: public.*, users.{{id}}, …)")
 
