@@ -12,7 +12,7 @@ import contextvars
 import logging
 import secrets
 import time
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from tether.broker.base import Broker, Deliver, OutboxRow, Position, Stream
 from tether.storage.database import Database, Rider, rider, riding
@@ -67,18 +67,19 @@ class ChannelLog:
                               self.legacy_ttl)
 
     async def append_many(self, items: list[tuple[str, str, Any, int, float]],
-                          riders: Sequence[Rider] = (), taken: Sequence[int] = (),
-                          placed: dict[Rider, int] | None = None) -> list[tuple[Position, str]]:
+                          riders: Mapping[Rider, int] | None = None,
+                          taken: Sequence[int] = ()) -> list[tuple[Position, str]]:
         """Append events in one transaction (group commit), offsets in list order per channel.
 
         One multi-row UPSERT per chunk of channels reserves all of their offsets,
         one multi-row INSERT per chunk stores the frames, and a channel past its
         history size drops exactly the offsets that fell out of its window (a
         bounded range of its primary key: a few rows found by the index, never a
-        scan of the channel). Age is trimmed apart, by :meth:`sweep`.
+        scan of the channel). Age is trimmed apart, by :meth:`sweep`. ``riders`` are
+        the publishing requests' idempotency records, each with the index of its event
+        in ``items``; ``taken`` the outbox rows the events were staged in.
         """
         now = time.time()
-        placed = placed or {}  # rider -> the index of its request's event in items
         counts: dict[str, int] = {}
         for channel, *_ in items:
             counts[channel] = counts.get(channel, 0) + 1
@@ -123,13 +124,13 @@ class ChannelLog:
             if trims:
                 await tx.executemany(
                     'DELETE FROM channel_history WHERE channel = ? AND "offset" > ? AND "offset" <= ?', trims)
-            for r in riders:  # the publishing requests' idempotency records, in the same COMMIT
-                if r.at_publish is not None and r in placed:
-                    r.answer = dumps(r.at_publish(out[placed[r]][0]))
+            for r, i in (riders or {}).items():  # the requests' idempotency records, in the same COMMIT
+                if r.at_publish is not None:
+                    r.answer = dumps(r.at_publish(out[i][0]))
                 await tx.execute(r.sql, *r.args())
             if taken:  # the outbox rows these events were staged in: published once, gone at once
                 await tx.executemany("DELETE FROM outbox WHERE id = ?", [(i,) for i in taken])
-        for r in riders:
+        for r in riders or ():
             r.done = True
         return out
 
@@ -256,7 +257,7 @@ class MemoryBroker(Broker):
                 try:
                     riders = {r: i for i, (*_, r, _) in enumerate(batch) if r is not None and not r.done}
                     results = list(await self.log.append_many(
-                        [item for item, *_ in batch], list(riders), [i for *_, i in batch if i is not None], riders))
+                        [item for item, *_ in batch], riders, [i for *_, i in batch if i is not None]))
                 except Exception as exc:
                     if isinstance(exc, TetherError) and exc.code == "unavailable":
                         # The database is unreachable, maybe mid-COMMIT: whether the batch landed
@@ -286,9 +287,8 @@ class MemoryBroker(Broker):
         results: list[Any] = []
         for item, _, _, r, i in batch:
             try:
-                live = r is not None and not r.done
-                results.append((await self.log.append_many([item], [r] if live else [], [i] if i is not None else [],
-                                                           {r: 0} if live else None))[0])
+                riders = {r: 0} if r is not None and not r.done else None
+                results.append((await self.log.append_many([item], riders, [i] if i is not None else []))[0])
             except Exception as exc:
                 results.append(exc)
         return results

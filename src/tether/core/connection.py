@@ -135,8 +135,8 @@ class Connection:
         self._in_flight: set[asyncio.Task[None]] | None = None  # pipelined requests not yet answered (made on first use)
         self._last_turn: asyncio.Future[None] | None = None  # set once the latest pipelined request has published
         self._last_reply: asyncio.Future[None] | None = None  # set once it has been answered
-        # The key of a keyed write of this burst refused for now (unavailable, rate_limited): the
-        # keyed writes after it are refused too, so none is stored before its resend.
+        # The key of a keyed publish refused for now (unavailable, rate_limited): the keyed
+        # publishes after it are refused too until it is resent, so none is stored before it.
         self._stopped_by: str | None = None
         self._limit = node.settings.send_queue_frames
         self._bucket = TokenBucket(node.settings.rate_per_connection, node.settings.rate_burst)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any, Callable
+
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -9,8 +11,6 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
-
-from typing import Any, Callable
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 

@@ -7,9 +7,9 @@ from typing import Any
 from fastapi import APIRouter, Header
 from pydantic import BaseModel, Field
 
+from tether.broker.base import Position
 from tether.core.auth import Identity
 from tether.core.connection import Connection, Op
-from tether.broker.base import Position
 from tether.core.idempotency import answer_on_publish, scope
 from tether.core.node import Feature
 from tether.core.rest import Caller, NodeDep
