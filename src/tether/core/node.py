@@ -14,7 +14,6 @@ import socket
 import time
 from typing import Any, AsyncContextManager, Awaitable, Callable
 
-from fastapi import APIRouter
 
 from tether.broker.base import Broker, OutboxRow, Position
 from tether.core.access import AccessWatch, expires
@@ -70,7 +69,7 @@ class Node:
         self.features = [cls(self) for cls in features]
         self.access = AccessWatch(self)  # live re-checks of subscriptions, REFRESH
         self._user_buckets: dict[str, TokenBucket] = {}
-        self._rest_buckets: dict[str, TokenBucket] = {}  # REST requests per user (tether.core.rest)
+        self._rest_buckets: dict[str, TokenBucket] = {}  # REST requests per user (tether.features.rest)
         self._keepalive_task: asyncio.Task[None] | None = None
         self.started = False
         # Set when the node drains (SIGTERM): /healthz fails and new WebSockets are refused with 503.
@@ -277,7 +276,9 @@ class Feature:
     def ops(self) -> dict[str, Op]:
         return {}
 
-    def router(self) -> APIRouter | None:
+    def router(self) -> Any:
+        """REST routes: a FastAPI ``APIRouter`` the server layer mounts under ``/api``, or None.
+        Typed loosely so the core never imports a web framework."""
         return None
 
     async def start(self) -> None:

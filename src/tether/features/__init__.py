@@ -1,4 +1,5 @@
-"""The domain features: each is one :class:`~tether.core.node.Feature` and imports only the core."""
+"""The domain features: each is one :class:`~tether.core.node.Feature` and imports only the core
+(and :mod:`tether.features.rest`, what every feature's REST routes depend on)."""
 
 from __future__ import annotations
 

@@ -31,7 +31,7 @@ from tether.core.auth import Identity, valid_id
 from tether.core.connection import Connection
 from tether.core.namespaces import Namespace
 from tether.core.node import Feature, Node
-from tether.core.rest import NodeDep
+from tether.features.rest import NodeDep
 from tether.wire import protocol
 from tether.wire.errors import bad_request, forbidden
 from tether.wire.jsonutil import dumps, loads

@@ -12,7 +12,7 @@ from tether.core.auth import Identity
 from tether.core.connection import Connection, Op
 from tether.core.idempotency import answer_on_publish, scope
 from tether.core.node import Feature
-from tether.core.rest import Caller, NodeDep
+from tether.features.rest import Caller, NodeDep
 from tether.wire import protocol
 from tether.wire.errors import TetherError, bad_request, forbidden
 from tether.wire.jsonutil import dumps

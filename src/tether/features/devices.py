@@ -23,7 +23,7 @@ from fastapi import APIRouter
 from tether.core.auth import valid_id
 from tether.core.connection import holding_user_channel
 from tether.core.node import Feature
-from tether.core.rest import Caller, NodeDep
+from tether.features.rest import Caller, NodeDep
 from tether.wire import protocol
 from tether.wire.errors import bad_request, forbidden
 from tether.wire.timestamps import iso

@@ -25,7 +25,7 @@ from tether.core.auth import valid_id
 from tether.core.connection import Op, holding_user_channel
 from tether.core.idempotency import rerun_on_failure, scope
 from tether.core.node import Feature
-from tether.core.rest import Caller, NodeDep, require_server
+from tether.features.rest import Caller, NodeDep, require_server
 from tether.storage.database import Database
 from tether.wire import protocol
 from tether.wire.errors import TetherError, bad_request

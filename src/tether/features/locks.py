@@ -39,7 +39,7 @@ from tether.core.auth import Identity
 from tether.core.connection import Connection, Op
 from tether.core.namespaces import Namespace
 from tether.core.node import Feature
-from tether.core.rest import Caller, JsonInt
+from tether.features.rest import Caller, JsonInt
 from tether.storage.database import Database
 from tether.wire import protocol
 from tether.wire.errors import TetherError

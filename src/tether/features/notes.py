@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, Validation
 from tether.core.auth import Identity
 from tether.core.connection import Connection, Op
 from tether.core.node import Feature
-from tether.core.rest import Caller, JsonInt
+from tether.features.rest import Caller, JsonInt
 from tether.storage.database import Row
 from tether.wire.errors import TetherError, forbidden
 from tether.wire.jsoncheck import INT_MAX

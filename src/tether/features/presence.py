@@ -37,7 +37,7 @@ from tether.core.auth import Identity, valid_id
 from tether.core.connection import Connection
 from tether.core.namespaces import Namespace
 from tether.core.node import Feature
-from tether.core.rest import Caller
+from tether.features.rest import Caller
 from tether.wire import protocol
 from tether.wire.errors import TetherError, forbidden
 

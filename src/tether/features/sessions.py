@@ -39,7 +39,7 @@ from tether.core.idempotency import scope
 from tether.core.namespaces import Namespace
 from tether.core.node import Feature
 from tether.core.outbox import Change
-from tether.core.rest import Caller, JsonInt, NodeDep
+from tether.features.rest import Caller, JsonInt, NodeDep
 from tether.storage.database import Queries, Row
 from tether.wire.errors import TetherError, forbidden, not_found
 from tether.wire.jsoncheck import INT_MAX

@@ -39,8 +39,8 @@ from fastapi import APIRouter
 from tether.core.auth import valid_id
 from tether.core.connection import Op, holding_user_channel
 from tether.core.node import Feature
-from tether.core.rest import Caller, NodeDep
 from tether.core.sinks import StreamSink
+from tether.features.rest import Caller, NodeDep
 from tether.wire import protocol
 from tether.wire.errors import TetherError, bad_request, forbidden, not_found
 from tether.wire.jsonutil import dumps, loads

@@ -4,7 +4,7 @@
 ``node.publish``); the REST routes and ``DOCUMENT_*`` ops are thin adapters
 over it. Versions advance by a conditional ``UPDATE … WHERE version = ?`` whose
 row count decides, so concurrent writers on any number of nodes never lose an
-update. Who may see what is :mod:`tether.features.document_access`.
+update. Who may see what is :mod:`tether.features.documents.access`.
 """
 
 from __future__ import annotations
@@ -31,8 +31,7 @@ from tether.core.idempotency import answer, scope
 from tether.core.namespaces import Namespace
 from tether.core.node import Feature
 from tether.core.outbox import Change
-from tether.core.rest import Caller, JsonVersion, NodeDep
-from tether.features.document_access import (
+from tether.features.documents.access import (
     Grant,
     document_channel,
     may_manage,
@@ -41,6 +40,7 @@ from tether.features.document_access import (
     parse_channel,
     scope_channels,
 )
+from tether.features.rest import Caller, JsonVersion, NodeDep
 from tether.wire.errors import TetherError, forbidden
 from tether.wire.jsoncheck import INT_MAX
 from tether.wire.jsonutil import dumps, loads
