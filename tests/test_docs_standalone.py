@@ -60,3 +60,11 @@ def test_first_look_does_not_start_a_second_server() -> None:
     readme = (ROOT / "README.md").read_text()
     first_look = readme.split("## A first look", 1)[1].split("\n## ", 1)[0]
     assert "tether serve" not in first_look
+
+
+def test_one_command_runs_the_whole_suite_and_ci_runs_it() -> None:
+    readme = (ROOT / "README.md").read_text()
+    script = (ROOT / "scripts" / "test").read_text()
+    assert "\n    scripts/test\n" in readme
+    assert "exec scripts/test" in (ROOT / ".ci" / "run").read_text()
+    assert all(step in script for step in ("clients/js web", "npm ci", "npm test", "python -m pytest -n 2"))
