@@ -26,7 +26,12 @@ SECONDS = float(os.environ.get("TETHER_CHAOS_SECONDS", "25"))
 CLUSTER_SECONDS = float(os.environ.get("TETHER_CHAOS_CLUSTER_SECONDS", "20"))
 
 
-def report(name: str, faults: Faults, work: Workload, histories: dict, minimum: int) -> None:  # type: ignore[type-arg]
+# A run injects 400-600 faults on an idle machine and fewer on a loaded one (the faults are paced
+# in time); the floor only guards that chaos really happened.
+MINIMUM_FAULTS = 200
+
+
+def report(name: str, faults: Faults, work: Workload, histories: dict, minimum: int = MINIMUM_FAULTS) -> None:  # type: ignore[type-arg]
     result = audit(work, histories)
     line = result.line(name, faults) + f" seed={SEED}"
     print("\n" + line)
@@ -59,7 +64,7 @@ async def test_embedded_server_under_chaos_loses_duplicates_and_reorders_nothing
 
         await run_chaos(SECONDS, LinkChaos(rng, work.linked, faults), kill_and_restart)
         histories = await work.settle(server.url)
-        report("embedded", faults, work, histories, minimum=400)
+        report("embedded", faults, work, histories)
     finally:
         await work.close()
         server.kill()
@@ -111,7 +116,7 @@ async def cluster_chaos(tmp_path: Path, name: str, rng: random.Random, *, node_k
                        backend_link_chaos("pg", pg_proxy, random.Random(rng.random()), faults, every=(0.2, 0.6))]
         await run_chaos(seconds, *actors)
         histories = await work.settle(cluster.nodes[0].url)
-        report(name, faults, work, histories, minimum=400)
+        report(name, faults, work, histories)
     finally:
         await work.close()
         await cluster.cleanup()  # (its Redis URL is the proxy's: close that after)
