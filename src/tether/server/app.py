@@ -106,7 +106,7 @@ def create_app(settings: Settings, features: list[type[Feature]] | None = None) 
     async def metrics() -> Response:
         return Response(node.metrics.render(), media_type="text/plain; version=0.0.4")
 
-    install_pages(app)
+    install_pages(app, node.auth.mode)
     install_openapi(app)
 
     @app.get("/ws", include_in_schema=False)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from fastapi import FastAPI
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 
 from tether.server.http import error_body
 
@@ -27,9 +27,24 @@ def _file(path: Path, media_type: str | None = None) -> Response:
     return FileResponse(path, media_type=media_type, headers={"Cache-Control": "no-cache"})
 
 
-def install_pages(app: FastAPI) -> None:
+def _app_page(auth: str) -> Response:
+    """index.html with the server's sign-in mode in a meta tag, so the first page already asks
+    for what this server takes: a user name (dev auth) or a token (JWT auth)."""
+    path = WEB / "index.html"
+    if not path.is_file():
+        return _file(path)
+    html = path.read_text(encoding="utf-8")
+    html = html.replace("</head>", f'  <meta name="tether-auth" content="{auth}" />\n  </head>', 1)
+    return HTMLResponse(html, headers={"Cache-Control": "no-cache"})
+
+
+def install_pages(app: FastAPI, auth: str = "dev") -> None:
+    """``auth`` is the node's auth mode ("dev" or "jwt"), told to the web app's sign-in page."""
+    if auth not in ("dev", "jwt"):
+        raise ValueError(f"auth must be 'dev' or 'jwt', not {auth!r}")
+
     async def web_app() -> Response:
-        return _file(WEB / "index.html")
+        return _app_page(auth)
 
     for path in APP_PATHS:
         app.add_api_route(path, web_app, methods=["GET"], include_in_schema=False)

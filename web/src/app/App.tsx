@@ -53,7 +53,7 @@ function Shell(props: { onSignOut: () => void }) {
         </nav>
         <span class="spacer" />
         <span role="status" aria-label="Connection" class="conn" data-state={t.label.toLowerCase()}>
-          {t.label}
+          {t.label === "Reconnecting" ? "Reconnecting…" : t.label}
           {t.outbox > 0 ? ` · ${t.outbox} to send` : ""}
         </span>
         <span class="sync">

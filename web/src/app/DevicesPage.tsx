@@ -38,7 +38,7 @@ export function DevicesPage() {
       <h1>Devices</h1>
       <div class="grid2">
         <section class="panel" aria-labelledby="devices-heading">
-          <h2 id="devices-heading">My devices</h2>
+          <h2 id="devices-heading">Online now</h2>
           {error && <p class="notice bad" role="alert">Could not load your devices: {error}</p>}
           <ul class="people" aria-label="My devices" aria-busy={devices === null ? "true" : undefined}>
             {(devices ?? []).map((d) => (

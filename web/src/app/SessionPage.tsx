@@ -21,6 +21,9 @@ export function SessionPage(props: { id?: string; params?: { id?: string } }) {
   const [busy, setBusy] = useState(false);
   const [notice, setNotice] = useState<string | null>(null);
   const [sink] = useState<SessionEvents>({});
+  // bumped when a subscription takes hold: what changed before it came as no event, so read again
+  const [subscribed, setSubscribed] = useState(0);
+  const reread = () => setSubscribed((n) => n + 1);
   document.title = `${session?.title ?? "Session"} · Tether`;
 
   const mine = people.find((p) => p.user_id === me.userId && !p.left_at);
@@ -48,13 +51,13 @@ export function SessionPage(props: { id?: string; params?: { id?: string } }) {
     return () => {
       stale = true;
     };
-  }, [client, id, syncTick, state === "connected"]);
+  }, [client, id, syncTick, state === "connected", subscribed]);
 
   // public sessions: seat counts and the end also arrive on the browse channel, for people not inside
   useEffect(() => {
     return follow(client, "sessions", (e: TetherEvent<Session>) => {
       if (e.data?.id === id) setSession((cur) => ({ ...(cur ?? {}), ...e.data }) as Session);
-    });
+    }, { onReady: reread });
   }, [client, id]);
 
   // members follow the session's own channel: participants, messages, notes, the end
@@ -87,7 +90,7 @@ export function SessionPage(props: { id?: string; params?: { id?: string } }) {
             sink.notes?.(d as NotesState);
             break;
         }
-    });
+    }, { onReady: reread });
   }, [client, id, present]);
 
   // who is here right now: presence on the session's key, held while this page is open
@@ -182,8 +185,10 @@ export function SessionPage(props: { id?: string; params?: { id?: string } }) {
       </p>
       <div class="session">
         <div class="stack">
-          <section class="panel" aria-labelledby="session-title">
-            <h1 id="session-title">{session.title}</h1>
+          {/* no accessible name on this panel: a title such as "Notes for Sunday" would make a second
+              region matching "Notes" */}
+          <div class="panel">
+            <h1>{session.title}</h1>
             <p class="small muted" style="margin: 0 0 0.5rem">
               {session.category} · hosted by {session.host_id}
               {session.is_private ? " · private" : ""} ·{" "}
@@ -211,9 +216,12 @@ export function SessionPage(props: { id?: string; params?: { id?: string } }) {
                 )}
               </div>
             )}
-            <p class="small" role="alert" style="min-height: 1.2em; margin: 0.4rem 0 0; color: var(--bad)">{notice ?? ""}</p>
+            {/* the slot keeps its space; the alert exists only while there is something to say */}
+            <div style="min-height: 1.2em; margin: 0.4rem 0 0">
+              {notice && <p class="small" role="alert" style="margin: 0; color: var(--bad)">{notice}</p>}
+            </div>
             {isHost && session.is_private && session.is_active && <Invite id={id} />}
-          </section>
+          </div>
           {present || (!session.is_active && people.some((p) => p.user_id === me.userId)) ? (
             <Chat id={id} session={session} canPost={present} sink={sink} />
           ) : (
@@ -274,7 +282,8 @@ function Invite(props: { id: string }) {
         aria-invalid={result && !result.ok ? "true" : undefined} aria-describedby="invite-result"
         onInput={(e) => setUser((e.target as HTMLInputElement).value)} />
       <button type="submit">Invite</button>
-      <span id="invite-result" role="status" class="small" style={{ color: result?.ok ? "var(--ok)" : "var(--bad)" }}>
+      {/* a polite live region, not role=status: the page's one status is the connection */}
+      <span id="invite-result" aria-live="polite" class="small" style={{ color: result?.ok ? "var(--ok)" : "var(--bad)" }}>
         {result?.text ?? ""}
       </span>
     </form>

@@ -1,10 +1,12 @@
 import { useState } from "preact/hooks";
-import { checkToken, devSignIn, jwtSignIn, validUserName, type SignIn } from "./auth";
+import { checkToken, devSignIn, jwtSignIn, serverAuth, validUserName, type SignIn } from "./auth";
 
 /** Dev auth: a user name (the token is `<name>:<this browser's device id>`).
- * JWT auth: paste a token (or open the app with `#token=…`). */
+ * JWT auth: paste a token (or open the app with `#token=…`). The server says which it takes;
+ * a page that does not know (Vite's dev server) offers both. */
 export function SignInPage(props: { onSignIn: (s: SignIn) => void; initialError?: string | null }) {
-  const [mode, setMode] = useState<"name" | "token">("name");
+  const [known] = useState(serverAuth);
+  const [mode, setMode] = useState<"name" | "token">(known === "jwt" ? "token" : "name");
   const [value, setValue] = useState("");
   const [error, setError] = useState<string | null>(props.initialError ?? null);
   const [busy, setBusy] = useState(false);
@@ -25,7 +27,7 @@ export function SignInPage(props: { onSignIn: (s: SignIn) => void; initialError?
     const refused = await checkToken(s.token, s.userId);
     setBusy(false);
     if (refused) {
-      if (mode === "name") {
+      if (mode === "name" && !known) {
         setMode("token");
         setValue("");
         return setError(`${refused}. This server may need a token: paste one below.`);
@@ -43,7 +45,7 @@ export function SignInPage(props: { onSignIn: (s: SignIn) => void; initialError?
         <p class="muted small">
           {mode === "name"
             ? "Pick a name: everyone in your sessions sees it. Your browser remembers it in every tab."
-            : "Paste the sign-in token you were given."}
+            : "Paste the sign-in token you were given, or open the sign-in link you were sent."}
         </p>
         <div class="field">
           <label for={id}>{mode === "name" ? "User name" : "Token"}</label>
@@ -61,9 +63,11 @@ export function SignInPage(props: { onSignIn: (s: SignIn) => void; initialError?
         </div>
         <div class="row">
           <button class="primary" type="submit" disabled={busy}>Sign in</button>
-          <button type="button" onClick={() => { setMode(mode === "name" ? "token" : "name"); setError(null); setValue(""); }}>
-            {mode === "name" ? "Use a token instead" : "Use a user name instead"}
-          </button>
+          {!known && (
+            <button type="button" onClick={() => { setMode(mode === "name" ? "token" : "name"); setError(null); setValue(""); }}>
+              {mode === "name" ? "Use a token instead" : "Use a user name instead"}
+            </button>
+          )}
         </div>
       </form>
     </main>

@@ -47,6 +47,13 @@ export function jwtSignIn(token: string): SignIn | null {
   }
 }
 
+/** How the server that served this page signs people in ("dev": a user name, "jwt": a token),
+ * from the meta tag it adds to the page; null when the page did not come from a node (Vite's dev server). */
+export function serverAuth(): "dev" | "jwt" | null {
+  const mode = document.querySelector<HTMLMetaElement>('meta[name="tether-auth"]')?.content;
+  return mode === "dev" || mode === "jwt" ? mode : null;
+}
+
 /** A token handed over in the URL fragment (`#token=…`) wins, then is removed from the address bar. */
 export function tokenFromHash(): string | null {
   const m = /(?:^#|&)token=([^&]+)/.exec(location.hash);

@@ -5,7 +5,8 @@ import { useContext, useEffect, useMemo, useState } from "preact/hooks";
 import { Client, type ShootProgress, type State, type TetherEvent } from "@tether/client";
 import type { SignIn } from "./auth";
 
-export type ConnLabel = "Connected" | "Connecting" | "Reconnecting" | "Offline";
+/** What the status "Connection" says: connected, on the way there, or not trying (really offline). */
+export type ConnLabel = "Connected" | "Reconnecting" | "Offline";
 
 /** Small observable: pages re-render when it changes. */
 export class Live {
@@ -52,11 +53,16 @@ export function useLive(): Live {
   return live;
 }
 
-function labelOf(state: State, everConnected: boolean): ConnLabel {
+/** "Reconnecting" while the client is on its way to a connection: before the first one too (a fresh tab
+ * shows it until it is in), since the page is working towards being connected, not offline. "Offline"
+ * only when it is not: the browser has no network, or the client gave up (refused token, operator,
+ * retries exhausted; a banner says why). The state before the client starts ("disconnected") is the
+ * first moment of a page, not a lost connection. */
+function labelOf(state: State): ConnLabel {
   if (state === "connected") return "Connected";
-  if (state === "failed" || state === "disconnected") return "Offline";
+  if (state === "failed") return "Offline";
   if (typeof navigator !== "undefined" && navigator.onLine === false) return "Offline";
-  return everConnected || state === "reconnecting" ? "Reconnecting" : "Connecting";
+  return "Reconnecting";
 }
 
 /** A job's progress in whole percent, 0–100. */
@@ -98,17 +104,13 @@ export function TetherProvider(props: { me: SignIn; children: ComponentChildren 
   }, [me.token]);
 
   const [state, setState] = useState<State>(client.state);
-  const [everConnected, setEver] = useState(false);
   const [outbox, setOutbox] = useState(0);
   const [lastSynced, setLastSynced] = useState<Date | null>(null);
   const [syncTick, setSyncTick] = useState(0);
   const [syncing, setSyncing] = useState(false);
 
   useEffect(() => {
-    const offState = client.onState((s: State) => {
-      setState(s);
-      if (s === "connected") setEver(true);
-    });
+    const offState = client.onState((s: State) => setState(s));
     const offChange = client.onChange((keys: Set<string>) => {
       if (keys.has("outbox")) setOutbox(client.outboxSize);
     });
@@ -138,7 +140,7 @@ export function TetherProvider(props: { me: SignIn; children: ComponentChildren 
     me,
     live,
     state,
-    label: labelOf(state, everConnected),
+    label: labelOf(state),
     outbox,
     lastSynced,
     syncTick,
