@@ -4,9 +4,7 @@ import { createContext, type ComponentChildren } from "preact";
 import { useContext, useEffect, useMemo, useState } from "preact/hooks";
 import { Client, type ShootProgress, type State, type TetherEvent } from "@tether/client";
 import type { SignIn } from "./auth";
-
-/** What the status "Connection" says: connected, on the way there, or not trying (really offline). */
-export type ConnLabel = "Connected" | "Reconnecting" | "Offline";
+import { type ConnLabel, connectionLabel } from "../ui/format";
 
 /** Small observable: pages re-render when it changes. */
 export class Live {
@@ -51,18 +49,6 @@ export function useLive(): Live {
   const [, bump] = useState(0);
   useEffect(() => live.listen(() => bump((n) => n + 1)), [live]);
   return live;
-}
-
-/** "Reconnecting" while the client is on its way to a connection: before the first one too (a fresh tab
- * shows it until it is in), since the page is working towards being connected, not offline. "Offline"
- * only when it is not: the browser has no network, or the client gave up (refused token, operator,
- * retries exhausted; a banner says why). The state before the client starts ("disconnected") is the
- * first moment of a page, not a lost connection. */
-function labelOf(state: State): ConnLabel {
-  if (state === "connected") return "Connected";
-  if (state === "failed") return "Offline";
-  if (typeof navigator !== "undefined" && navigator.onLine === false) return "Offline";
-  return "Reconnecting";
 }
 
 /** A job's progress in whole percent, 0–100. */
@@ -140,7 +126,7 @@ export function TetherProvider(props: { me: SignIn; children: ComponentChildren 
     me,
     live,
     state,
-    label: labelOf(state),
+    label: connectionLabel(state),
     outbox,
     lastSynced,
     syncTick,

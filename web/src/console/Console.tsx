@@ -1,7 +1,7 @@
 import { useEffect, useRef, useState } from "preact/hooks";
 import { Client, type State, type TetherEvent } from "@tether/client";
 import { Chart } from "./Chart";
-import { clock } from "../ui/format";
+import { clock, connectionLabel } from "../ui/format";
 
 /** How the operator signed in: the server API key, or a JWT with the admin role. */
 type Cred = { apiKey: string } | { token: string };
@@ -197,13 +197,15 @@ function Dashboard(props: { cred: Cred; onSignOut: (why: string | null) => void 
     };
   }, [client]);
 
-  const label = state === "connected" ? "Connected" : state === "failed" || state === "disconnected" ? "Offline" : "Reconnecting";
+  const label = connectionLabel(state);
   return (
     <>
       <header class="bar">
         <span class="brand">◉ Tether console</span>
         <span class="spacer" />
-        <span role="status" aria-label="Connection" class="conn" data-state={label.toLowerCase()}>{label}</span>
+        <span role="status" aria-label="Connection" class="conn" data-state={label.toLowerCase()}>
+          {label === "Reconnecting" ? "Reconnecting…" : label}
+        </span>
         <span class="small muted">
           Sampled {sampled ? <time dateTime={sampled.toISOString()}>{clock(sampled)}</time> : "—"}
         </span>
