@@ -605,7 +605,9 @@ export class Client {
       sub.position = top;
       sub.events.length = 0;
       await this.storage.setPosition(channel, top, true).catch(() => {});
-      for (const fn of [...sub.reloads, ...this.reloadListeners]) {
+      const reloads = [...sub.reloads, ...this.reloadListeners];
+      if (!reloads.length) console.warn(`tether: ${channel}: events were missed beyond the channel's history and nothing listens with onReload: reload its state`);
+      for (const fn of reloads) {
         try {
           await fn(channel);
         } catch (e) {
