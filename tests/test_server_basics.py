@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
+from pathlib import Path
 
 import httpx
 import pytest
@@ -31,6 +32,16 @@ async def test_healthz_metrics_openapi(shared_server) -> None:
         spec = (await http.get("/openapi.json")).json()
         assert "/api/channels/{channel}/publish" in spec["paths"]
         await c.close()
+
+
+async def test_the_node_serves_the_committed_client_module(shared_server) -> None:
+    """`GET /tether-client.js` from a running node: 200, a JavaScript type, the committed build's bytes."""
+    committed = (Path(__file__).resolve().parents[1] / "src" / "tether" / "server" / "static" / "tether-client.js").read_bytes()
+    async with shared_server.http() as http:
+        r = await http.get("/tether-client.js")
+    assert r.status_code == 200, r.text[:200]
+    assert r.headers["content-type"].split(";")[0].strip() in ("text/javascript", "application/javascript")
+    assert r.content == committed
 
 
 async def test_rest_errors_are_json_with_a_code(shared_server) -> None:

@@ -2,9 +2,10 @@
 
 `browser` is a module-scoped Chromium (never a downloaded one). `client_page(context, server)`
 opens a blank page at the server's origin with `window.T` = the served `/tether-client.js`
-module, collecting console errors and uncaught exceptions in `page.tether_errors`. When the
-server does not serve `/tether-client.js` itself, the committed build is served at its origin
-through Playwright routing, so the client still talks to the real server over real sockets.
+module, collecting console errors and uncaught exceptions in `page.tether_errors`. Only while
+the server is down (a page reloaded during an outage) is the committed build served at its
+origin through Playwright routing, as from a browser's cache; whatever a running server answers
+for `/tether-client.js` is what the page gets, so a broken route fails the test.
 """
 
 from __future__ import annotations
@@ -52,9 +53,9 @@ def browser() -> Iterator[Browser]:
 
 
 def route_client(context: BrowserContext, url: str) -> None:
-    """A blank page at the server's origin; `/tether-client.js` comes from the server, or, when the
-    server has no such route or is down (a page reloaded during an outage, as from a browser cache),
-    from the committed build."""
+    """A blank page at the server's origin; `/tether-client.js` comes from the server, or, only when
+    the server is down (a page reloaded during an outage, as from a browser cache), from the
+    committed build."""
 
     def handle(route: Any) -> None:
         path = "/" + route.request.url.split("/", 3)[3].split("?", 1)[0]
@@ -63,12 +64,10 @@ def route_client(context: BrowserContext, url: str) -> None:
         elif path == "/tether-client.js":
             try:
                 served = route.fetch()
-            except Exception:  # the server is down
-                served = None
-            if served is not None and served.status == 200:
-                route.fulfill(response=served)
-            else:
+            except Exception:  # the server is down: the page has the module as from a browser's cache
                 route.fulfill(status=200, content_type="text/javascript", body=BUNDLE.read_bytes())
+                return
+            route.fulfill(response=served)  # whatever the server answers: a broken route fails the test
         else:
             route.continue_()
 

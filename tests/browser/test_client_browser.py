@@ -144,6 +144,52 @@ def test_three_tabs_share_one_websocket_and_hand_it_over(browser: Browser, serve
     ctx.close()
 
 
+def test_a_user_present_in_several_tabs_leaves_with_the_last_one(browser: Browser, server: ServerProcess) -> None:
+    """The tabs of one browser are one device, so one presence on the server: closing a tab while
+    another still holds the key is no leave (no PRESENCE_LEFT, still a member); closing the last is."""
+    watcher = client_page(browser.new_context(), server.url)
+    make_client(watcher, server.url, "vera:web", "presence-watch")
+    watcher.evaluate("""async () => {
+        window.events = [];
+        await c.subscribe('presence.tabs-room', (e) => events.push([e.type, e.data.user_id]));
+    }""")
+    ctx = browser.new_context()
+    tabs = [client_page(ctx, server.url) for _ in range(3)]
+    for tab in tabs:
+        assert make_client(tab, server.url, "ugo:web", "presence-app") == "connected"
+        tab.evaluate("async () => { window.p = await c.presence('tabs-room') }")
+    watcher.wait_for_function("events.length >= 1")
+
+    def members() -> list[str]:
+        with httpx.Client(base_url=server.url, headers={"X-API-Key": API_KEY}) as api:
+            return api.get("/api/presence/tabs-room").json()["users"]
+
+    def settle(page: Page) -> None:
+        # Long enough for a goodbye to reach the server and its event the watcher (a heartbeat
+        # is 10 s away, so a wrong leave would still show as one).
+        page.wait_for_timeout(1500)
+
+    assert members() == ["ugo"]
+    leader = next(t for t in tabs if t.evaluate("c.isLeader"))
+    followers = [t for t in tabs if t is not leader]
+    followers[0].close()  # a tab that does not hold the socket
+    settle(watcher)
+    assert members() == ["ugo"]
+    leader.close()  # the tab that holds the socket (its successor keeps the count)
+    last = followers[1]
+    last.wait_for_function("c.isLeader && c.state === 'connected'")
+    settle(watcher)
+    assert members() == ["ugo"]
+    assert watcher.evaluate("events") == [["PRESENCE_JOINED", "ugo"]]
+    last.close()  # the last tab: now the user leaves, at once (not at the TTL)
+    watcher.wait_for_function("events.length >= 2", timeout=10_000)
+    assert watcher.evaluate("events") == [["PRESENCE_JOINED", "ugo"], ["PRESENCE_LEFT", "ugo"]]
+    assert members() == []
+    assert page_errors(watcher) == []
+    watcher.context.close()
+    ctx.close()
+
+
 def docs_chat_page() -> str:
     text = (Path(__file__).resolve().parents[2] / "docs" / "client-js.md").read_text()
     return re.search(r"## A complete chat.*?```html\n(.*?)```", text, re.S).group(1)

@@ -296,7 +296,7 @@ export class Client {
       this.election.leader.then(() => this.lead(), () => {});
       if (!this.election.shared) await this.election.leader;
       this.setState("connecting");
-      this.post({ t: "hello", tab: this.tabId, subs: this.positions() });
+      this.post({ t: "hello", tab: this.tabId, subs: this.positions(), presence: this.presenceHeld() });
     })();
     return this.started;
   }
@@ -314,8 +314,9 @@ export class Client {
     this.closed = true;
     (globalThis as any).removeEventListener?.("pagehide", this.onPageHide);
     this.flushPositions();
-    this.bus?.post({ t: "bye", tab: this.tabId });
+    // Before the goodbye: the leader still counts this tab's presences (it may be the leader itself).
     await Promise.all([...this.held].map((h) => (h.leave ? h.leave() : h.release?.())?.catch(() => {})));
+    this.bus?.post({ t: "bye", tab: this.tabId });
     await this.core?.stop();
     this.core = null;
     this.election?.resign();
@@ -338,6 +339,10 @@ export class Client {
   /** Asks the leader to do something with its connection; answered over the bus. */
   call<T = any>(op: string, args: any = {}): Promise<T> {
     if (this.closed) return Promise.reject(new Disconnected("client closed"));
+    return this.ask(op, args);
+  }
+
+  private ask<T = any>(op: string, args: any): Promise<T> {
     const rid = randomId();
     const msg = { t: "req", tab: this.tabId, rid, op, args };
     return new Promise<T>((resolve, reject) => {
@@ -413,7 +418,7 @@ export class Client {
       }
       case "leader":
         // A new leader: tell it what this tab follows, and ask again what was unanswered.
-        this.post({ t: "hello", tab: this.tabId, subs: this.positions() });
+        this.post({ t: "hello", tab: this.tabId, subs: this.positions(), presence: this.presenceHeld() });
         for (const [rid, r] of this.rpcs) {
           if (r.msg.op === "request") {
             this.rpcs.delete(rid);
@@ -600,7 +605,9 @@ export class Client {
       sub.position = top;
       sub.events.length = 0;
       await this.storage.setPosition(channel, top, true).catch(() => {});
-      for (const fn of [...sub.reloads, ...this.reloadListeners]) {
+      const reloads = [...sub.reloads, ...this.reloadListeners];
+      if (!reloads.length) console.warn(`tether: ${channel}: events were missed beyond the channel's history and nothing listens with onReload: reload its state`);
+      for (const fn of reloads) {
         try {
           await fn(channel);
         } catch (e) {
@@ -834,6 +841,7 @@ export class Client {
 
   /** Present in `key` now and until leave() (heartbeat every `interval` s; left on close and pagehide). */
   async presence(key: string, opts: PresenceOptions = {}): Promise<Presence> {
+    await this.start();
     const p = new Presence(this, key, opts);
     await p.enter();
     this.held.add(p);
@@ -846,6 +854,27 @@ export class Client {
     await l.acquire();
     this.held.add(l);
     return l;
+  }
+
+  /**
+   * The tabs share one device, so one presence per key on the server: the leader counts the
+   * tabs' holds and ends the presence (DELETE) only when the last one is let go. `unloading`:
+   * the page is going, nobody waits for the answer.
+   */
+  async holdPresence(key: string, holder: string, on: boolean, unloading = false): Promise<void> {
+    const args = { key, holder, on };
+    if (unloading) {
+      this.post({ t: "req", tab: this.tabId, rid: randomId(), op: "presence", args });
+      return;
+    }
+    // Never stuck on a leader that does not answer (a frozen tab): the server's TTL ends it then.
+    const wait = (this.options.requestTimeout ?? 10) * 1000;
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    await Promise.race([this.ask("presence", args), new Promise((r) => (timer = setTimeout(r, wait)))]).finally(() => clearTimeout(timer));
+  }
+
+  private presenceHeld(): [string, string][] {
+    return [...this.held].filter((h): h is Presence => h instanceof Presence && !h.left).map((p) => [p.key, p.holder]);
   }
 
   // -- for the Core (leader) -----------------------------------------------------------------

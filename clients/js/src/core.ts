@@ -75,6 +75,15 @@ export class Core {
   private deviceId: string | null = null;
   private refreshTimer: ReturnType<typeof setTimeout> | null = null;
   private everConnected = false;
+  /**
+   * Presence keys held by the tabs: key -> holder id -> its tab. The tabs share one device,
+   * hence one presence on the server: it is ended (DELETE) only when the last holder goes.
+   */
+  private presence = new Map<string, Map<string, string>>();
+  /** Per key, the DELETE in flight: an enter waits for it, so its first heartbeat comes after. */
+  private presenceDrops = new Map<string, Promise<void>>();
+  /** A new leader hears the tabs' hellos (and what they hold) before it decides anyone left. */
+  private startedAt = Date.now();
 
   constructor(private client: Client, private bus: Bus) {
     const o = client.options;
@@ -89,6 +98,7 @@ export class Core {
   }
 
   start(): void {
+    this.startedAt = Date.now();
     this.liveTabs.add(this.client.tabId);
     for (const [ch, pos] of Object.entries(this.client.subscriptionsOf())) this.track(ch, this.client.tabId, pos);
     void this.supervise();
@@ -116,11 +126,17 @@ export class Core {
           if (this.connected && pos && (!c.wire || c.wire.epoch !== (pos as Position).epoch || (pos as Position).offset < c.wire.offset))
             void this.subscribeWire(ch, pos as Position).catch(() => {});
         }
+        for (const [key, holder] of m.presence ?? []) this.holdPresence(key, holder, m.tab);
         this.announce();
         return;
       case "bye":
         this.liveTabs.delete(m.tab);
         for (const [ch, c] of this.channels) if (c.tabs.delete(m.tab) && !c.tabs.size && !this.isUserChannel(ch)) this.channels.delete(ch);
+        for (const [key, holders] of this.presence) {
+          let dropped = false;
+          for (const [holder, tab] of holders) if (tab === m.tab) dropped = holders.delete(holder);
+          if (dropped) void this.releasePresence(key);
+        }
         return;
       case "kick":
         this.kick.fire();
@@ -179,6 +195,16 @@ export class Core {
           }
           return reply(true, {});
         }
+        case "presence": {
+          if (a.on) {
+            this.holdPresence(a.key, a.holder, m.tab);
+            await this.presenceDrops.get(a.key); // a goodbye still in flight goes first
+          } else {
+            this.presence.get(a.key)?.delete(a.holder);
+            await this.releasePresence(a.key);
+          }
+          return reply(true, {});
+        }
         case "request": {
           if (!this.connected) throw new Disconnected("offline");
           const ack = await this.link!.request(a.type, a.data ?? {});
@@ -191,6 +217,33 @@ export class Core {
     } catch (e) {
       reply(false, undefined, e);
     }
+  }
+
+  private holdPresence(key: string, holder: string, tab: string): void {
+    let holders = this.presence.get(key);
+    if (!holders) this.presence.set(key, (holders = new Map()));
+    holders.set(holder, tab);
+  }
+
+  /**
+   * Ends this device's presence in `key` once no tab holds it any more. Runs at once when it
+   * can (a closing tab's goodbye must start before the page is gone, hence keepalive).
+   */
+  private releasePresence(key: string): Promise<void> {
+    if (this.presence.get(key)?.size) return Promise.resolve();
+    this.presence.delete(key);
+    const drop = (async () => {
+      await this.presenceDrops.get(key);
+      // Just elected: the other tabs' hellos (what they hold) may still be on their way.
+      const settle = this.startedAt + 500 - Date.now();
+      if (settle > 0) await sleep(settle);
+      if (this.presence.get(key)?.size || this.closing) return; // held again meanwhile
+      const me = encodeURIComponent(this.client.me);
+      await this.client.rest("DELETE", `/api/presence/${encodeURIComponent(key)}/${me}`, undefined, { keepalive: true }).catch(() => {});
+    })();
+    this.presenceDrops.set(key, drop);
+    void drop.finally(() => this.presenceDrops.get(key) === drop && this.presenceDrops.delete(key));
+    return drop;
   }
 
   /**

@@ -16,8 +16,12 @@ const onPageHide = (fn: () => void) => {
   return () => (globalThis as any).removeEventListener?.("pagehide", fn);
 };
 
+let holders = 0;
+
 export class Presence {
   readonly path: string;
+  /** This hold's name among the tabs' (the leader counts them per key). */
+  readonly holder = `${Date.now().toString(36)}.${++holders}.${Math.random().toString(36).slice(2, 8)}`;
   private timer: ReturnType<typeof setInterval> | null = null;
   private offPageHide: () => void = () => {};
   left = false;
@@ -27,7 +31,14 @@ export class Presence {
   }
 
   async enter(): Promise<void> {
-    await this.beat();
+    await this.client.holdPresence(this.key, this.holder, true);
+    try {
+      await this.beat();
+    } catch (e) {
+      this.left = true;
+      await this.client.holdPresence(this.key, this.holder, false).catch(() => {});
+      throw e;
+    }
     this.timer = setInterval(() => this.beat().catch(() => {}), (this.opts.interval ?? 10) * 1000);
     // A tab that goes away says goodbye (keepalive lets the request outlive the page).
     this.offPageHide = onPageHide(() => void this.leave(true));
@@ -52,7 +63,8 @@ export class Presence {
     this.client.held.delete(this);
     if (this.timer) clearInterval(this.timer);
     this.offPageHide();
-    await this.client.rest("DELETE", `${this.path}/${enc(this.client.me)}`, undefined, { keepalive: unloading }).catch(() => {});
+    // The other tabs of this browser may hold the same key: the leader ends it with the last one.
+    await this.client.holdPresence(this.key, this.holder, false, unloading).catch(() => {});
   }
 }
 
