@@ -12,6 +12,7 @@ from dataclasses import fields
 from pathlib import Path
 
 import httpx
+import pytest
 
 from tests.helpers import free_port
 from tether.cli import serve
@@ -65,6 +66,34 @@ def test_secrets_are_masked(tmp_path: Path) -> None:
     assert line(out, "database_url").startswith('database_url = "postgresql://app:****@db:5432/tether"')
     assert line(out, "redis_url").startswith('redis_url = "redis://:****@cache:6379/0"')
     assert line(out, "jwt_public_key") == "# jwt_public_key = (unset) # default"
+
+
+def test_a_password_in_the_query_is_masked_too() -> None:
+    env = clean_env(TETHER_DATABASE_URL="postgresql://u@h/db?schema=app&password=qpw&sslpassword=sslpw",
+                    TETHER_REDIS_URL="redis://cache:6379/0?password=rpw")
+    out = tether("config", env=env).stdout
+    for secret in ("qpw", "sslpw", "rpw"):
+        assert secret not in out, out
+    assert line(out, "database_url").startswith(
+        'database_url = "postgresql://u@h/db?schema=app&password=****&sslpassword=****"')
+    assert line(out, "redis_url").startswith('redis_url = "redis://cache:6379/0?password=****"')
+
+
+@pytest.mark.parametrize("url, shown", [
+    ("postgresql://u:pw@h:5432/db", "postgresql://u:****@h:5432/db"),
+    ("postgresql://u@h/db?password=pw&schema=s", "postgresql://u@h/db?password=****&schema=s"),
+    ("postgresql://u:a:b@c@h/db?sslpassword=x", "postgresql://u:****@h/db?sslpassword=****"),
+    ("redis://:pw@h:6379/0", "redis://:****@h:6379/0"),
+    ("rediss://h/0?PassWord=pw&token=t&api_key=k", "rediss://h/0?PassWord=****&token=****&api_key=****"),
+    ("unix:///run/redis.sock?db=0&password=pw", "unix:///run/redis.sock?db=0&password=****"),
+    ("postgresql://u:pw@[::1/db", "postgresql://u:****@[::1/db"),  # not even a valid URL
+    ("postgresql://h:5432/db?schema=s", "postgresql://h:5432/db?schema=s"),
+])
+def test_one_mask_for_every_url_secret(url: str, shown: str) -> None:
+    from tether.core.config import mask_url
+    from tether.server.preflight import mask
+
+    assert mask_url(url) == shown and mask is mask_url  # the banner's and `tether config`'s are one function
 
 
 def test_the_printed_configuration_is_itself_a_valid_config_file(tmp_path: Path) -> None:

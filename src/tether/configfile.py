@@ -16,13 +16,14 @@ import difflib
 import tomllib
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import click
 from click.core import ParameterSource
 
+from tether.core.config import MASK, mask_url
+
 SECRETS = {"jwt_secret", "api_key"}  # printed as ****
-URLS = {"database_url", "redis_url"}  # printed with their password as ****
+URLS = {"database_url", "redis_url"}  # printed with their password (userinfo or query) as ****
 NOT_SETTINGS = {"config", "reference"}  # options of `tether serve` that are not themselves settings
 
 BEGIN, END = "<!-- generated: settings -->", "<!-- end: settings -->"
@@ -90,12 +91,9 @@ def masked(name: str, value: Any) -> Any:
     if value is None:
         return None
     if name in SECRETS:
-        return "****"
+        return MASK
     if name in URLS:
-        parts = urlsplit(str(value))
-        if parts.password:
-            host = parts.netloc.rsplit("@", 1)[1]
-            return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:****@{host}"))
+        return mask_url(str(value))
     return value
 
 
