@@ -11,6 +11,7 @@ import time
 from dataclasses import fields
 from pathlib import Path
 
+import click
 import httpx
 import pytest
 
@@ -154,6 +155,28 @@ def test_every_setting_is_a_flag_a_variable_and_a_file_key() -> None:
         assert options[f.name].envvar == "TETHER_" + f.name.upper()
     out = tether("config", "--help").stdout
     assert "--drain-timeout" in out and "--config" in out
+
+
+#: A Settings field's annotation -> the type its row of the reference must start with.
+REFERENCE_TYPE = {"int": "integer", "float": "number", "Path": "path", "Path | None": "path", "str": "text",
+                  "str | None": "text"}
+
+
+def test_the_reference_types_follow_the_settings_types() -> None:
+    """Each row's type is the field's (a range is still a number: drain_timeout was "text")."""
+    from tether.configfile import _type
+
+    options = {p.name: p for p in serve.params if isinstance(p, click.Option)}
+    for f in fields(Settings):
+        shown, expected = _type(options[f.name]), REFERENCE_TYPE[str(f.type)]
+        if isinstance(options[f.name].type, click.Choice):
+            assert expected == "text" and "`" in shown, (f.name, shown)
+        else:
+            assert shown.split(" ")[0] == expected, f"{f.name}: reference says {shown!r}, Settings says {f.type}"
+    assert _type(options["drain_timeout"]) == "number ≥ 1" and _type(options["port"]).startswith("integer")
+    assert _type(click.Option(["--n"], type=click.IntRange(1, 65535))) == "integer ≥ 1, ≤ 65535"
+    with pytest.raises(TypeError, match="--when"):  # an unknown type fails the generator, never "text"
+        _type(click.Option(["--when"], type=click.DateTime()))
 
 
 def test_the_reference_in_docs_is_generated_from_the_settings() -> None:
