@@ -4,6 +4,7 @@ DISCONNECT {reason, reconnect} + close 4100 obeyed by the Python client."""
 from __future__ import annotations
 
 import asyncio
+import re
 from pathlib import Path
 from typing import Any
 
@@ -203,6 +204,10 @@ async def test_openapi_documents_the_admin_api_and_its_security(shared_server: S
                  "/api/admin/users/{user_id}/disconnect", "/api/admin/nodes", "/api/admin/stats"):
         for op in spec["paths"][path].values():
             assert {"apiKey": []} in op["security"] and {"bearer": []} in op["security"], path
+    # the operations guide names the schemes as /openapi.json does
+    guide = (Path(__file__).resolve().parents[1] / "docs" / "operations.md").read_text()
+    named = re.search(r"security\s+schemes\s+`(\w+)`.*?\band\s+`(\w+)`", guide, re.S)
+    assert named is not None and set(named.groups()) == set(schemes), (named and named.groups(), sorted(schemes))
 
 
 @pytest.mark.services
