@@ -103,6 +103,26 @@ async def test_history_by_offset(server: ServerProcess) -> None:
         assert r.status_code == 400 and r.json()["error"]["code"] == "bad_request"
 
 
+async def test_internal_channels_are_neither_listed_nor_shown(server: ServerProcess) -> None:
+    """Node-to-node channels (operator commands on tether.control, access re-checks on internal.*)
+    stay out of /channels and their history is refused, so an operator's commands are not on show."""
+    client = await WsClient.connect(server, "alice:a")  # a connection: the nodes' access channels are busy
+    async with admin_http(server) as http:
+        told = await http.post("/api/admin/users/alice/disconnect", json={"reason": "secret-reason", "reconnect": True})
+        assert told.status_code == 200
+        for pattern in (None, "*", "internal.*", "tether.*"):
+            listed = (await http.get("/api/admin/channels", params={} if pattern is None else {"pattern": pattern}))
+            names = {c["channel"] for c in listed.json()["channels"]}
+            assert not {n for n in names if n.startswith("internal.") or n == "tether.control"}, (pattern, names)
+        for channel in ("tether.control", "internal.access", "internal.documents.access", "internal.anything"):
+            for params in ({}, {"since": 0, "limit": 5}):
+                shown = await http.get(f"/api/admin/channels/{channel}/history", params=params)
+                assert shown.status_code == 403 and shown.json()["error"]["code"] == "forbidden", (channel, shown.text)
+                assert "secret-reason" not in shown.text
+        assert (await http.get("/api/admin/channels/public.x/history")).status_code == 200
+    await client.close()
+
+
 async def test_a_users_connections(server: ServerProcess) -> None:
     phone, laptop = await WsClient.connect(server, "carol:phone"), await WsClient.connect(server, "carol:laptop")
     async with admin_http(server) as http:
