@@ -4,6 +4,7 @@ DISCONNECT {reason, reconnect} + close 4100 obeyed by the Python client."""
 from __future__ import annotations
 
 import asyncio
+import re
 from pathlib import Path
 from typing import Any
 
@@ -100,6 +101,26 @@ async def test_history_by_offset(server: ServerProcess) -> None:
             assert r.status_code == 422 and r.json()["error"]["code"] == "bad_request", r.text
         r = await http.get("/api/admin/channels/bad channel!/history")
         assert r.status_code == 400 and r.json()["error"]["code"] == "bad_request"
+
+
+async def test_internal_channels_are_neither_listed_nor_shown(server: ServerProcess) -> None:
+    """Node-to-node channels (operator commands on tether.control, access re-checks on internal.*)
+    stay out of /channels and their history is refused, so an operator's commands are not on show."""
+    client = await WsClient.connect(server, "alice:a")  # a connection: the nodes' access channels are busy
+    async with admin_http(server) as http:
+        told = await http.post("/api/admin/users/alice/disconnect", json={"reason": "secret-reason", "reconnect": True})
+        assert told.status_code == 200
+        for pattern in (None, "*", "internal.*", "tether.*"):
+            listed = (await http.get("/api/admin/channels", params={} if pattern is None else {"pattern": pattern}))
+            names = {c["channel"] for c in listed.json()["channels"]}
+            assert not {n for n in names if n.startswith("internal.") or n == "tether.control"}, (pattern, names)
+        for channel in ("tether.control", "internal.access", "internal.documents.access", "internal.anything"):
+            for params in ({}, {"since": 0, "limit": 5}):
+                shown = await http.get(f"/api/admin/channels/{channel}/history", params=params)
+                assert shown.status_code == 403 and shown.json()["error"]["code"] == "forbidden", (channel, shown.text)
+                assert "secret-reason" not in shown.text
+        assert (await http.get("/api/admin/channels/public.x/history")).status_code == 200
+    await client.close()
 
 
 async def test_a_users_connections(server: ServerProcess) -> None:
@@ -203,6 +224,10 @@ async def test_openapi_documents_the_admin_api_and_its_security(shared_server: S
                  "/api/admin/users/{user_id}/disconnect", "/api/admin/nodes", "/api/admin/stats"):
         for op in spec["paths"][path].values():
             assert {"apiKey": []} in op["security"] and {"bearer": []} in op["security"], path
+    # the operations guide names the schemes as /openapi.json does
+    guide = (Path(__file__).resolve().parents[1] / "docs" / "operations.md").read_text()
+    named = re.search(r"security\s+schemes\s+`(\w+)`.*?\band\s+`(\w+)`", guide, re.S)
+    assert named is not None and set(named.groups()) == set(schemes), (named and named.groups(), sorted(schemes))
 
 
 @pytest.mark.services

@@ -11,7 +11,9 @@ import time
 from dataclasses import fields
 from pathlib import Path
 
+import click
 import httpx
+import pytest
 
 from tests.helpers import free_port
 from tether.cli import serve
@@ -65,6 +67,34 @@ def test_secrets_are_masked(tmp_path: Path) -> None:
     assert line(out, "database_url").startswith('database_url = "postgresql://app:****@db:5432/tether"')
     assert line(out, "redis_url").startswith('redis_url = "redis://:****@cache:6379/0"')
     assert line(out, "jwt_public_key") == "# jwt_public_key = (unset) # default"
+
+
+def test_a_password_in_the_query_is_masked_too() -> None:
+    env = clean_env(TETHER_DATABASE_URL="postgresql://u@h/db?schema=app&password=qpw&sslpassword=sslpw",
+                    TETHER_REDIS_URL="redis://cache:6379/0?password=rpw")
+    out = tether("config", env=env).stdout
+    for secret in ("qpw", "sslpw", "rpw"):
+        assert secret not in out, out
+    assert line(out, "database_url").startswith(
+        'database_url = "postgresql://u@h/db?schema=app&password=****&sslpassword=****"')
+    assert line(out, "redis_url").startswith('redis_url = "redis://cache:6379/0?password=****"')
+
+
+@pytest.mark.parametrize("url, shown", [
+    ("postgresql://u:pw@h:5432/db", "postgresql://u:****@h:5432/db"),
+    ("postgresql://u@h/db?password=pw&schema=s", "postgresql://u@h/db?password=****&schema=s"),
+    ("postgresql://u:a:b@c@h/db?sslpassword=x", "postgresql://u:****@h/db?sslpassword=****"),
+    ("redis://:pw@h:6379/0", "redis://:****@h:6379/0"),
+    ("rediss://h/0?PassWord=pw&token=t&api_key=k", "rediss://h/0?PassWord=****&token=****&api_key=****"),
+    ("unix:///run/redis.sock?db=0&password=pw", "unix:///run/redis.sock?db=0&password=****"),
+    ("postgresql://u:pw@[::1/db", "postgresql://u:****@[::1/db"),  # not even a valid URL
+    ("postgresql://h:5432/db?schema=s", "postgresql://h:5432/db?schema=s"),
+])
+def test_one_mask_for_every_url_secret(url: str, shown: str) -> None:
+    from tether.core.config import mask_url
+    from tether.server.preflight import mask
+
+    assert mask_url(url) == shown and mask is mask_url  # the banner's and `tether config`'s are one function
 
 
 def test_the_printed_configuration_is_itself_a_valid_config_file(tmp_path: Path) -> None:
@@ -125,6 +155,28 @@ def test_every_setting_is_a_flag_a_variable_and_a_file_key() -> None:
         assert options[f.name].envvar == "TETHER_" + f.name.upper()
     out = tether("config", "--help").stdout
     assert "--drain-timeout" in out and "--config" in out
+
+
+#: A Settings field's annotation -> the type its row of the reference must start with.
+REFERENCE_TYPE = {"int": "integer", "float": "number", "Path": "path", "Path | None": "path", "str": "text",
+                  "str | None": "text"}
+
+
+def test_the_reference_types_follow_the_settings_types() -> None:
+    """Each row's type is the field's (a range is still a number: drain_timeout was "text")."""
+    from tether.configfile import _type
+
+    options = {p.name: p for p in serve.params if isinstance(p, click.Option)}
+    for f in fields(Settings):
+        shown, expected = _type(options[f.name]), REFERENCE_TYPE[str(f.type)]
+        if isinstance(options[f.name].type, click.Choice):
+            assert expected == "text" and "`" in shown, (f.name, shown)
+        else:
+            assert shown.split(" ")[0] == expected, f"{f.name}: reference says {shown!r}, Settings says {f.type}"
+    assert _type(options["drain_timeout"]) == "number ≥ 1" and _type(options["port"]).startswith("integer")
+    assert _type(click.Option(["--n"], type=click.IntRange(1, 65535))) == "integer ≥ 1, ≤ 65535"
+    with pytest.raises(TypeError, match="--when"):  # an unknown type fails the generator, never "text"
+        _type(click.Option(["--when"], type=click.DateTime()))
 
 
 def test_the_reference_in_docs_is_generated_from_the_settings() -> None:

@@ -89,7 +89,10 @@ def test_unreachable_postgres_and_redis_are_refused_with_password_masked(tmp_pat
     dead = free_port()
     out = assert_refused(serve("--database-url", f"postgresql://u:hunter2@127.0.0.1:{dead}/db", "--data-dir", str(data),
                                "--port", str(free_port())), "PostgreSQL", "--database-url")
-    assert "hunter2" not in out and "***" in out
+    assert "hunter2" not in out and "u:****@" in out
+    out = assert_refused(serve("--database-url", f"postgresql://u@127.0.0.1:{dead}/db?password=qpw", "--data-dir", str(data),
+                               "--port", str(free_port())), "PostgreSQL", "--database-url")
+    assert "qpw" not in out and "password=****" in out
     assert_refused(serve("--redis-url", f"redis://127.0.0.1:{dead}/0", "--data-dir", str(data),
                          "--port", str(free_port())), "Redis", "--redis-url")
     assert not data.exists()
@@ -142,7 +145,7 @@ def test_banner_says_version_auth_storage_broker_key_and_urls(tmp_path: Path) ->
 
     pg, redis_url = with_query(need_postgres(), schema=unique("banner_")), need_redis()
     port = free_port()
-    masked = pg.replace("postgres@", "postgres:hunter2@", 1)
+    masked = with_query(pg.replace("postgres@", "postgres:hunter2@", 1), password="qpw-secret")  # trust: ignored
     proc = subprocess.Popen([sys.executable, "-m", "tether", "serve", "--port", str(port), "--data-dir", str(tmp_path / "d"),
                              "--database-url", masked, "--redis-url", redis_url, "--redis-prefix", f"banner{port}:"],
                             env=clean_env(TETHER_API_KEY="k", TETHER_LOG_LEVEL="warning"),
@@ -161,7 +164,8 @@ def test_banner_says_version_auth_storage_broker_key_and_urls(tmp_path: Path) ->
         drop_schema(pg)
     assert f"Tether {__version__}" in banner, banner
     assert "auth:     dev" in banner
-    assert "PostgreSQL postgresql://postgres:***@" in banner and "hunter2" not in banner
+    assert "PostgreSQL postgresql://postgres:****@" in banner and "hunter2" not in banner
+    assert "password=****" in banner and "qpw-secret" not in banner
     assert "broker:   Redis redis://127.0.0.1:6379" in banner
     assert "API key:  set" in banner
     for url in (f"http://127.0.0.1:{port}/", f"http://127.0.0.1:{port}/docs", f"ws://127.0.0.1:{port}/ws"):

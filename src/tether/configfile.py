@@ -16,13 +16,14 @@ import difflib
 import tomllib
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import click
 from click.core import ParameterSource
 
+from tether.core.config import MASK, mask_url
+
 SECRETS = {"jwt_secret", "api_key"}  # printed as ****
-URLS = {"database_url", "redis_url"}  # printed with their password as ****
+URLS = {"database_url", "redis_url"}  # printed with their password (userinfo or query) as ****
 NOT_SETTINGS = {"config", "reference"}  # options of `tether serve` that are not themselves settings
 
 BEGIN, END = "<!-- generated: settings -->", "<!-- end: settings -->"
@@ -90,12 +91,9 @@ def masked(name: str, value: Any) -> Any:
     if value is None:
         return None
     if name in SECRETS:
-        return "****"
+        return MASK
     if name in URLS:
-        parts = urlsplit(str(value))
-        if parts.password:
-            host = parts.netloc.rsplit("@", 1)[1]
-            return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:****@{host}"))
+        return mask_url(str(value))
     return value
 
 
@@ -131,9 +129,29 @@ def _default(opt: click.Option) -> str:
 
 
 def _type(opt: click.Option) -> str:
-    if isinstance(opt.type, click.Choice):
-        return " \\| ".join(f"`{c}`" for c in opt.type.choices)
-    return {"integer": "integer", "float": "number", "path": "path"}.get(opt.type.name, "text")
+    """The reference's type column, by the option's click type (ranges are integers or
+    numbers with their bounds); a type it does not know is an error, not "text"."""
+    t = opt.type
+    if isinstance(t, click.Choice):
+        return " \\| ".join(f"`{c}`" for c in t.choices)
+    if isinstance(t, click.types.BoolParamType):
+        return "boolean"
+    if isinstance(t, click.types.IntParamType):  # IntRange too
+        name = "integer"
+    elif isinstance(t, click.types.FloatParamType):  # FloatRange too
+        name = "number"
+    elif isinstance(t, click.Path):
+        return "path"
+    elif isinstance(t, click.types.StringParamType):
+        return "text"
+    else:
+        raise TypeError(f"--{opt.name}: no reference type for click type {t!r}; add it to configfile._type")
+    low, high = getattr(t, "min", None), getattr(t, "max", None)
+    if low is not None:
+        name += f" {'>' if getattr(t, 'min_open', False) else '≥'} {low:g}"
+    if high is not None:
+        name += f"{',' if low is not None else ''} {'<' if getattr(t, 'max_open', False) else '≤'} {high:g}"
+    return name
 
 
 def reference(command: click.Command) -> str:

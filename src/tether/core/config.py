@@ -7,6 +7,33 @@ import os
 import re
 from dataclasses import dataclass, fields
 from pathlib import Path
+from urllib.parse import unquote
+
+#: How a secret is shown wherever a setting is printed (banner, `tether config`, messages).
+MASK = "****"
+
+#: Query parameters of a URL that hold a secret (libpq and asyncpg take ``password`` and
+#: ``sslpassword`` there, redis-py ``password``): matched by name, case-insensitively.
+_SECRET_PARAM = re.compile(r"pass|pwd|secret|token|auth|credential|^(api_?key|key)$", re.IGNORECASE)
+
+
+def mask_url(url: str) -> str:
+    """``url`` with every secret in it replaced by ``****``: the password of its userinfo
+    (``postgresql://u:pw@h/db``) and the value of each secret query parameter
+    (``?password=pw``, ``?sslpassword=…``, ``?token=…``). The one masking used by the
+    start-up banner, start-up refusals, ``tether migrate`` and ``tether config``."""
+    # userinfo: after "//", up to the last "@" of the authority (as urlsplit reads it)
+    url = re.sub(r"^([^/?#]*//[^/?#@:]*):[^/?#]+@", rf"\1:{MASK}@", url, count=1)
+    rest, hash_, fragment = url.partition("#")  # edited in place: the URL is otherwise unchanged
+    base, question, query = rest.partition("?")
+    if query:
+        query = "&".join(_masked_param(p) for p in query.split("&"))
+    return base + question + query + hash_ + fragment
+
+
+def _masked_param(param: str) -> str:
+    name, eq, value = param.partition("=")
+    return f"{name}={MASK}" if eq and value and _SECRET_PARAM.search(unquote(name)) else param
 
 
 @dataclass

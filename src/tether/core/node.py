@@ -34,6 +34,27 @@ from tether.wire.protocol import CLOSE_SHUTDOWN, CLOSE_TIMEOUT, CLOSE_TOKEN_EXPI
 
 log = logging.getLogger("tether.node")
 
+#: Seconds a health check of PostgreSQL, SQLite or Redis may take before that service counts as
+#: unreachable: a stalled link (nothing closed, no reply) must not hang /healthz or the admin API.
+HEALTH_TIMEOUT = 2.0
+
+
+async def answers(check: Callable[[], Awaitable[bool]], timeout: float = HEALTH_TIMEOUT) -> bool:
+    """Whether ``check()`` says yes within ``timeout`` seconds; an error or no answer is a no.
+
+    Not :func:`asyncio.wait_for`: that waits for the cancelled check to finish, and a check
+    stuck on a stalled socket (a pooled connection being reset, say) may not finish soon."""
+    task = asyncio.ensure_future(check())
+    done, _ = await asyncio.wait({task}, timeout=timeout)
+    if not done:
+        task.cancel()
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())  # retrieved: no warning
+        return False
+    try:
+        return bool(task.result())
+    except Exception:
+        return False
+
 
 async def open_broker(settings: Settings, db: Database) -> Broker:
     if settings.redis_url:
@@ -136,19 +157,26 @@ class Node:
             await self.redis.aclose()
 
     async def healthy(self) -> bool:
-        return self.started and await self.db.healthy() and await self.broker.healthy()
+        """Whether the database and the broker answer (each within HEALTH_TIMEOUT)."""
+        checks = await self.health()
+        return checks.get("database") == "ok" and checks.get("redis") in ("ok", "not configured")
 
     async def health(self) -> dict[str, str]:
-        """Each check by name: "ok", or what is wrong (for /healthz and the admin API)."""
+        """Each check by name: "ok", or what is wrong (for /healthz and the admin API). The
+        checks run at once, each bounded by HEALTH_TIMEOUT, so this answers within it."""
         if not self.started:
             return {"node": "starting"}
-        redis = "not configured"
         if self.settings.redis_url:
-            redis = "ok" if await self.broker.healthy() else "unreachable"
-            database = "ok" if await self.db.healthy() else "unreachable"
+            db_ok, redis_ok = await asyncio.gather(answers(self.db.healthy), answers(self.broker.healthy))
+            redis = "ok" if redis_ok else "unreachable"
         else:  # the embedded broker keeps history in the database: its check is the database's
-            database = "ok" if await self.db.healthy() and await self.broker.healthy() else "unreachable"
+            db_ok = await answers(self._embedded_healthy)
+            redis = "not configured"
+        database = "ok" if db_ok else "unreachable"
         return {"database": database, "redis": redis, "draining": "yes" if self.draining else "no"}
+
+    async def _embedded_healthy(self) -> bool:
+        return await self.db.healthy() and await self.broker.healthy()
 
     # -- the one event path ---------------------------------------------------
 

@@ -33,7 +33,7 @@ from tether.core.namespaces import Namespace
 from tether.core.node import Feature, Node
 from tether.features.rest import NodeDep
 from tether.wire import protocol
-from tether.wire.errors import bad_request, forbidden
+from tether.wire.errors import TetherError, bad_request, forbidden
 from tether.wire.jsonutil import dumps, loads
 from tether.wire.protocol import CLOSE_OPERATOR
 from tether.wire.timestamps import iso, now_iso
@@ -45,6 +45,7 @@ NODE_TTL = 5.0  # a node silent this long is reported unhealthy …
 NODE_FORGET = 60.0  # … and this long, forgotten
 MAX_REPORTED_CHANNELS = 10_000  # per node per heartbeat: the report stays small however busy the node
 CONTROL = "tether.control"  # operator commands to every node; no client may subscribe or publish
+INTERNAL_PREFIX = "internal."  # node-to-node channels (access re-checks …)
 
 # The OpenAPI security schemes of /api/admin: either one is enough.
 API_KEY = APIKeyHeader(name="X-API-Key", auto_error=False, scheme_name="apiKey",
@@ -63,6 +64,18 @@ async def get_admin(request: Request, key: Annotated[str | None, Security(API_KE
 
 
 Admin = Annotated[Identity, Depends(get_admin)]
+
+
+def is_internal(node: Node, channel: str) -> bool:
+    """A node-to-node channel (operator commands, access re-checks): nobody subscribes to it
+    or publishes on it but the nodes, and the admin API neither lists it nor shows its history."""
+    if channel == CONTROL or channel.startswith(INTERNAL_PREFIX):
+        return True
+    try:
+        ns = node.namespaces.find(channel)
+    except TetherError:
+        return False
+    return ns.subscribe == "none" and ns.publish == "none"
 
 
 # -- response shapes (for OpenAPI) ---------------------------------------------------------
@@ -210,7 +223,7 @@ class AdminFeature(Feature):
 
     async def _report(self) -> None:
         redis, node = self.node.redis, self.node
-        counts = {ch: len(subs) for ch, subs in node.hub.channels.items() if ch != CONTROL}
+        counts = {ch: len(subs) for ch, subs in node.hub.channels.items() if not is_internal(node, ch)}
         if len(counts) > MAX_REPORTED_CHANNELS:
             counts = dict(sorted(counts.items(), key=lambda kv: -kv[1])[:MAX_REPORTED_CHANNELS])
         subs_key = self._prefix + "subs:" + node.id
@@ -262,14 +275,15 @@ class AdminFeature(Feature):
         return len(conns)
 
     async def channel_counts(self) -> dict[str, int]:
-        counts = {ch: len(subs) for ch, subs in self.node.hub.channels.items() if ch != CONTROL}
+        counts = {ch: len(subs) for ch, subs in self.node.hub.channels.items() if not is_internal(self.node, ch)}
         if self.node.redis is not None:
             for report in await self.reports():
                 if report["id"] == self.node.id or not report["alive"]:
                     continue
                 for ch, n in (await self.node.redis.hgetall(self._prefix + "subs:" + report["id"])).items():
                     key = ch.decode() if isinstance(ch, bytes) else ch
-                    counts[key] = counts.get(key, 0) + int(n)
+                    if not is_internal(self.node, key):  # (a node of an older version reported them)
+                        counts[key] = counts.get(key, 0) + int(n)
         return counts
 
     async def user_connections(self, user_id: str) -> list[dict[str, Any]]:
@@ -321,8 +335,11 @@ class AdminFeature(Feature):
                           since: Annotated[int | None, Query(ge=0, description=(
                               "return the events after this offset; the last `limit` events when omitted"))] = None,
                           limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> Response:
-            """A channel's stored events by offset, as clients receive them."""
+            """A channel's stored events by offset, as clients receive them. Node-to-node channels
+            (`tether.control`, `internal.*`) are refused: 403, as they are not listed either."""
             protocol.check_channel(channel)
+            if is_internal(node, channel):
+                raise forbidden(f"channel {channel!r} is internal (node-to-node): the admin API does not show it")
             ttl = next((ns.history_ttl for ns in node.namespaces if ns.matches(channel)), node.settings.history_ttl)
             after = since
             if after is None:

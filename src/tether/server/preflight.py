@@ -18,7 +18,7 @@ from typing import IO
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from tether import __version__
-from tether.core.config import Settings
+from tether.core.config import Settings, mask_url
 from tether.core.namespaces import load_overrides
 from tether.server import origins
 
@@ -37,14 +37,7 @@ class Refused(SystemExit):
         super().__init__(f"refusing to start: {message}")
 
 
-def mask(url: str) -> str:
-    """``url`` with its password replaced by ``***`` (for banners and messages)."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)
-    user = parts.username or ""
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc[-1]}"))
+mask = mask_url  # banners and messages show URLs with their secrets masked
 
 
 def normalize_database_url(url: str | None) -> str | None:

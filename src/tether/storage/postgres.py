@@ -185,6 +185,8 @@ class PostgresDatabase(OneStatement):
                 await tx.execute(statement)
 
     async def healthy(self) -> bool:
+        """``SELECT 1``. The timeout covers the query only, not waiting for a pooled connection
+        (nor returning it): callers bound the whole check (``tether.core.node.answers``)."""
         try:
             return await self._pool.fetchval("SELECT 1", timeout=2) == 1
         except Exception:
