@@ -190,6 +190,97 @@ def test_a_user_present_in_several_tabs_leaves_with_the_last_one(browser: Browse
     ctx.close()
 
 
+def test_a_presence_subscription_ends_with_the_last_tab_that_asked_for_it(browser: Browser, server: ServerProcess) -> None:
+    """Tab A (the leader) follows a channel without presence, tab B with presence. B unsubscribing,
+    then B closing, each makes the user leave (A's connection lives on), and A's subscription gets
+    every event once, in order, across the presence being dropped."""
+    room = "public.tabs-present"
+    watcher = client_page(browser.new_context(), server.url)
+    make_client(watcher, server.url, "vera:web", "presence-sub-watch")
+    watcher.evaluate("""async (room) => {
+        window.events = [];
+        await c.subscribe('presence.' + room, (e) => events.push([e.type, e.data.user_id]));
+    }""", room)
+    ctx = browser.new_context()
+    a = client_page(ctx, server.url)
+    assert make_client(a, server.url, "wes:web", "presence-sub-app", room) == "connected"
+    b = client_page(ctx, server.url)
+    assert make_client(b, server.url, "wes:web", "presence-sub-app") == "connected"
+    assert a.evaluate("c.isLeader") and not b.evaluate("c.isLeader")
+    subscribe_b = "async (room) => { await c.subscribe(room, () => {}, {presence: true}) }"
+
+    def members() -> list[str]:
+        with httpx.Client(base_url=server.url, headers={"X-API-Key": API_KEY}) as api:
+            return api.get(f"/api/presence/{room}").json()["users"]
+
+    def wait_events(n: int) -> list[list[str]]:
+        watcher.wait_for_function(f"events.length >= {n}", timeout=10_000)
+        return watcher.evaluate("events")
+
+    joined, left = ["PRESENCE_JOINED", "wes"], ["PRESENCE_LEFT", "wes"]
+    rest_publish(server, room, *range(0, 5))
+    b.evaluate(subscribe_b, room)
+    assert wait_events(1) == [joined] and members() == ["wes"]
+    rest_publish(server, room, *range(5, 10))
+    b.evaluate("async (room) => { await c.unsubscribe(room) }", room)  # B lets go: the user leaves
+    rest_publish(server, room, *range(10, 15))
+    assert wait_events(2) == [joined, left] and members() == []
+    b.evaluate(subscribe_b, room)  # asked again: present again
+    assert wait_events(3) == [joined, left, joined]
+    rest_publish(server, room, *range(15, 20))
+    b.close()  # the tab that asked for presence goes; A, the leader, still follows the channel
+    rest_publish(server, room, *range(20, 25))
+    assert wait_events(4) == [joined, left, joined, left] and members() == []
+    a.wait_for_function("seen.length >= 25", timeout=10_000)
+    a.wait_for_timeout(500)
+    assert a.evaluate("seen") == list(range(25))  # nothing lost or doubled while presence was dropped
+    assert a.evaluate("c.isLeader && c.state === 'connected'")
+    assert connections(server) == 2  # A's and the watcher's: the user left with the connection alive
+    rest_publish(server, room, 25)
+    a.wait_for_function("seen.length >= 26")
+    assert a.evaluate("seen") == list(range(26))
+    assert page_errors(a) == [] and page_errors(watcher) == []
+    watcher.context.close()
+    ctx.close()
+
+
+def test_a_new_leader_learns_which_tabs_asked_for_presence(browser: Browser, server: ServerProcess) -> None:
+    """The leader goes; the next one (a tab without presence) learns from the other tabs' hellos
+    that one of them asked for presence: the user is present again on its connection, and
+    leaves when that tab closes while the new leader still follows the channel."""
+    room = "public.tabs-handover"
+    ctx = browser.new_context()
+    a, c, b = (client_page(ctx, server.url) for _ in range(3))
+    assert make_client(a, server.url, "xan:web", "presence-hand-app", room) == "connected"
+    assert make_client(c, server.url, "xan:web", "presence-hand-app", room) == "connected"  # next in line
+    assert make_client(b, server.url, "xan:web", "presence-hand-app") == "connected"
+    b.evaluate("async (room) => { await c.subscribe(room, () => {}, {presence: true}) }", room)
+
+    def members() -> list[str]:
+        with httpx.Client(base_url=server.url, headers={"X-API-Key": API_KEY}) as api:
+            return api.get(f"/api/presence/{room}").json()["users"]
+
+    def wait_members(want: list[str]) -> None:
+        for _ in range(100):
+            if members() == want:
+                return
+            c.wait_for_timeout(100)
+        assert members() == want
+
+    wait_members(["xan"])
+    a.close()  # the leader goes with its connection
+    c.wait_for_function("c.isLeader && c.state === 'connected'", timeout=15_000)
+    wait_members(["xan"])  # B's hello told C that B asked for presence
+    rest_publish(server, room, *range(0, 5))
+    b.close()
+    rest_publish(server, room, *range(5, 10))
+    wait_members([])
+    c.wait_for_function("seen.length >= 10", timeout=10_000)
+    assert c.evaluate("seen") == list(range(10))
+    assert page_errors(c) == []
+    ctx.close()
+
+
 def docs_chat_page() -> str:
     text = (Path(__file__).resolve().parents[2] / "docs" / "client-js.md").read_text()
     return re.search(r"## A complete chat.*?```html\n(.*?)```", text, re.S).group(1)

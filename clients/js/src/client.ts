@@ -296,7 +296,7 @@ export class Client {
       this.election.leader.then(() => this.lead(), () => {});
       if (!this.election.shared) await this.election.leader;
       this.setState("connecting");
-      this.post({ t: "hello", tab: this.tabId, subs: this.positions(), presence: this.presenceHeld() });
+      this.post({ t: "hello", tab: this.tabId, subs: this.positions(), present: this.presentChannels(), presence: this.presenceHeld() });
     })();
     return this.started;
   }
@@ -418,7 +418,7 @@ export class Client {
       }
       case "leader":
         // A new leader: tell it what this tab follows, and ask again what was unanswered.
-        this.post({ t: "hello", tab: this.tabId, subs: this.positions(), presence: this.presenceHeld() });
+        this.post({ t: "hello", tab: this.tabId, subs: this.positions(), present: this.presentChannels(), presence: this.presenceHeld() });
         for (const [rid, r] of this.rpcs) {
           if (r.msg.op === "request") {
             this.rpcs.delete(rid);
@@ -882,6 +882,11 @@ export class Client {
   /** The tabs' subscriptions as this tab knows them (the leader's own part of the registry). */
   subscriptionsOf(): Record<string, Position | null> {
     return this.positions();
+  }
+
+  /** The channels this tab holds with `presence: true`. */
+  presentChannels(): string[] {
+    return [...this.subs.values()].filter((s) => s.presence).map((s) => s.channel);
   }
 }
 

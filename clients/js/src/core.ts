@@ -21,7 +21,10 @@ interface Channel {
   tabs: Set<string>;
   /** Where the next resubscribe starts: the last offset broadcast (or the furthest-behind tab's). */
   wire: Position | null;
-  presence: boolean;
+  /** The tabs that hold it with `presence: true`: the user is present through it while one does. */
+  present: Set<string>;
+  /** The server's subscription has presence on (there is no turning it off but UNSUBSCRIBE). */
+  presentOnWire: boolean;
 }
 
 /** A promise-based wake-up flag. */
@@ -100,7 +103,8 @@ export class Core {
   start(): void {
     this.startedAt = Date.now();
     this.liveTabs.add(this.client.tabId);
-    for (const [ch, pos] of Object.entries(this.client.subscriptionsOf())) this.track(ch, this.client.tabId, pos);
+    const present = new Set(this.client.presentChannels());
+    for (const [ch, pos] of Object.entries(this.client.subscriptionsOf())) this.track(ch, this.client.tabId, pos, present.has(ch));
     void this.supervise();
     void this.flusher();
   }
@@ -122,16 +126,18 @@ export class Core {
         if (!this.liveTabs.has(m.tab) && m.tab !== this.client.tabId) this.sendRetained(m.tab);
         this.liveTabs.add(m.tab);
         for (const [ch, pos] of Object.entries(m.subs ?? {})) {
-          const c = this.track(ch, m.tab, pos as Position | null);
-          if (this.connected && pos && (!c.wire || c.wire.epoch !== (pos as Position).epoch || (pos as Position).offset < c.wire.offset))
-            void this.subscribeWire(ch, pos as Position).catch(() => {});
+          const present = (m.present ?? []).includes(ch);
+          const c = this.track(ch, m.tab, pos as Position | null, present);
+          const behind = pos && (!c.wire || c.wire.epoch !== (pos as Position).epoch || (pos as Position).offset < c.wire.offset);
+          if (this.connected && (behind || (present && !c.presentOnWire)))
+            void this.subscribeWire(ch, pos as Position | null).catch(() => {});
         }
         for (const [key, holder] of m.presence ?? []) this.holdPresence(key, holder, m.tab);
         this.announce();
         return;
       case "bye":
         this.liveTabs.delete(m.tab);
-        for (const [ch, c] of this.channels) if (c.tabs.delete(m.tab) && !c.tabs.size && !this.isUserChannel(ch)) this.channels.delete(ch);
+        for (const ch of [...this.channels.keys()]) void this.letGo(ch, m.tab);
         for (const [key, holders] of this.presence) {
           let dropped = false;
           for (const [holder, tab] of holders) if (tab === m.tab) dropped = holders.delete(holder);
@@ -157,9 +163,9 @@ export class Core {
 
   private track(channel: string, tab: string, pos: Position | null, presence = false): Channel {
     let c = this.channels.get(channel);
-    if (!c) this.channels.set(channel, (c = { tabs: new Set(), wire: null, presence: false }));
+    if (!c) this.channels.set(channel, (c = { tabs: new Set(), wire: null, present: new Set(), presentOnWire: false }));
     c.tabs.add(tab);
-    c.presence ||= presence;
+    if (presence) c.present.add(tab);
     // Never resubscribe without a position once any tab had one; before connecting, start from the furthest behind.
     if (pos?.epoch && (!c.wire || (!this.connected && pos.offset < c.wire.offset))) c.wire = pos;
     return c;
@@ -180,21 +186,18 @@ export class Core {
             await this.subscribeWire(a.channel, a.since);
           } catch (e) {
             if (e instanceof ServerError && e.action === "reject") {
-              this.channels.get(a.channel)?.tabs.delete(m.tab);
+              const c = this.channels.get(a.channel);
+              c?.tabs.delete(m.tab);
+              c?.present.delete(m.tab);
               throw e;
             }
             return reply(true, { queued: true }); // the next connection subscribes it
           }
           return reply(true, {});
         }
-        case "unsubscribe": {
-          const c = this.channels.get(a.channel);
-          if (c && c.tabs.delete(m.tab) && !c.tabs.size && !this.isUserChannel(a.channel)) {
-            this.channels.delete(a.channel);
-            if (this.connected) await this.link!.request("UNSUBSCRIBE", { channel: a.channel }).catch(() => {});
-          }
+        case "unsubscribe":
+          await this.letGo(a.channel, m.tab);
           return reply(true, {});
-        }
         case "presence": {
           if (a.on) {
             this.holdPresence(a.key, a.holder, m.tab);
@@ -216,6 +219,29 @@ export class Core {
       }
     } catch (e) {
       reply(false, undefined, e);
+    }
+  }
+
+  /**
+   * A tab no longer holds `channel` (it unsubscribed or went away). The last one's going ends
+   * the subscription; the last presence holder's going, while other tabs still follow it, ends
+   * the presence: there is no "presence off" on a live subscription, so UNSUBSCRIBE, then
+   * SUBSCRIBE again from the last offset broadcast (the replay fills the gap; the tabs drop by
+   * offset what they already had, so nothing is lost or doubled).
+   */
+  private async letGo(channel: string, tab: string): Promise<void> {
+    const c = this.channels.get(channel);
+    if (!c || !c.tabs.delete(tab)) return;
+    c.present.delete(tab);
+    if (this.isUserChannel(channel)) return;
+    if (!c.tabs.size) {
+      this.channels.delete(channel);
+      if (this.connected) await this.link!.request("UNSUBSCRIBE", { channel }).catch(() => {});
+    } else if (c.presentOnWire && !c.present.size && this.connected) {
+      c.presentOnWire = false;
+      const link = this.link!;
+      await link.request("UNSUBSCRIBE", { channel }).catch(() => {});
+      if (this.channels.get(channel) === c && this.link === link) await this.subscribeWire(channel, c.wire).catch(() => {});
     }
   }
 
@@ -269,7 +295,10 @@ export class Core {
     if (c?.wire?.epoch && (!from || (from.epoch === c.wire.epoch && c.wire.offset < from.offset))) from = c.wire;
     const data: any = { channel };
     if (from) data.since = { offset: from.offset, epoch: from.epoch };
-    if (c?.presence) data.presence = true;
+    if (c?.present.size) {
+      data.presence = true;
+      c.presentOnWire = true;
+    }
     this.inflight.set(channel, from);
     try {
       await link.request("SUBSCRIBE", data, (ack) => {
@@ -371,6 +400,7 @@ export class Core {
       this.link = link;
       this.userId = link.hello.userId ?? null;
       this.deviceId = link.hello.deviceId ?? null;
+      for (const c of this.channels.values()) c.presentOnWire = false; // a new connection: nothing on it yet
       const userCh = `users.${this.userId}`;
       const uc = this.channels.get(userCh) ?? this.track(userCh, this.client.tabId, null);
       if (!uc.wire) uc.wire = await this.client.storage.position(userCh).catch(() => null);
