@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 
 import pytest
 import websockets
@@ -13,7 +14,7 @@ from tests.helpers import RequestFailed, WsClient
 async def test_connected_first_and_ping_pong(shared_server) -> None:
     c = await WsClient.connect(shared_server, "alice:phone")
     assert c.connected["userId"] == "alice" and c.connected["deviceId"] == "phone"
-    assert c.connected["connectionId"] and c.connected["pingInterval"] > 0 and c.connected["serverTime"] > 0
+    assert c.connected["connectionId"] and c.connected["pingInterval"] > 0 and re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", c.connected["serverTime"])
     await c.send("PING", {"timestamp": 12345})
     pong = await c.next("PONG")
     assert pong["data"] == {"timestamp": 12345}

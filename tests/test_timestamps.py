@@ -21,7 +21,7 @@ TIME_KEY = re.compile(r"(_at|At|_seen|Time|time)$")
 def scan(value: Any, where: str, found: Counter[str], bad: list[str]) -> None:
     if isinstance(value, dict):
         for k, v in value.items():
-            if TIME_KEY.search(k) and v is not None and not isinstance(v, (int, float)):  # serverTime is epoch ms
+            if TIME_KEY.search(k) and v is not None:
                 if not (isinstance(v, str) and PATTERN.match(v)):
                     bad.append(f"{where}.{k} = {v!r}")
                 else:

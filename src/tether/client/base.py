@@ -341,8 +341,8 @@ class BaseClient:
         if self.token_refresh is None:
             return
         expires = _unix(link.hello.get("expiresAt"))
-        server_time = link.hello.get("serverTime")
-        skew = server_time / 1000 - time.time() if isinstance(server_time, (int, float)) else 0.0
+        server_time = _unix(link.hello.get("serverTime"))
+        skew = server_time - time.time() if server_time is not None else 0.0
         while expires is not None and not link.closed:
             remaining = expires - (time.time() + skew)
             # 80 % into what is left, but never later than a minute before it expires.

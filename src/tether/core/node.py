@@ -31,6 +31,7 @@ from tether.storage import open_database
 from tether.storage.database import Database
 from tether.wire import protocol
 from tether.wire.protocol import CLOSE_SHUTDOWN, CLOSE_TIMEOUT, CLOSE_TOKEN_EXPIRED
+from tether.wire.timestamps import now_iso
 
 log = logging.getLogger("tether.node")
 
@@ -213,7 +214,7 @@ class Node:
             "userId": conn.user_id,
             "deviceId": conn.device_id,
             "connectionId": conn.id,
-            "serverTime": protocol.now_ms(),
+            "serverTime": now_iso(),
             "pingInterval": self.settings.ping_interval,
             "expiresAt": expires(conn.identity.expires_at),  # send REFRESH before; closed with 4003 after
         }))

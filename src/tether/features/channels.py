@@ -14,7 +14,7 @@ from tether.core.idempotency import answer_on_publish, scope
 from tether.core.node import Feature
 from tether.features.rest import Caller, NodeDep
 from tether.wire import protocol
-from tether.wire.errors import TetherError, bad_request, forbidden
+from tether.wire.errors import TetherError, bad_request
 from tether.wire.jsonutil import dumps
 
 
@@ -25,22 +25,20 @@ class PublishBody(BaseModel):
 
 
 def publishable_type(who: Identity, value: Any, requests: Any = ()) -> str:
-    """A user's publish is always a ``PUBLICATION``: every other type (the protocol's, the
-    modules' events such as ``SESSION_ENDED``) would let it pass for the server. The API key
-    may give any type but the protocol's own frames and requests."""
+    """A user's publish always goes out as a ``PUBLICATION``, whatever ``type`` it names: every
+    other type (the protocol's, the modules' events such as ``SESSION_ENDED``) would let it pass
+    for the server. The API key may give any type but the protocol's own frames and requests."""
     etype = protocol.check_type(value)
     if not who.is_server:
-        if etype != "PUBLICATION":
-            raise forbidden(f"'type': a user publishes PUBLICATION only ({etype} is the server's to send)")
-        return etype
+        return "PUBLICATION"
     if etype in protocol.PROTOCOL_TYPES or etype in requests:
         raise bad_request(f"'type': {etype} is a frame of the protocol itself and cannot be published")
     return etype
 
 
-def published(channel: str, position: Position) -> dict[str, Any]:
+def published(channel: str, position: Position, **more: Any) -> dict[str, Any]:
     """A publish's answer (also stored with its idempotency record, for a retry after a crash)."""
-    return {"channel": channel, "offset": position.offset, "epoch": position.epoch}
+    return {"channel": channel, "offset": position.offset, "epoch": position.epoch, **more}
 
 
 class ChannelsFeature(Feature):
@@ -88,7 +86,8 @@ class ChannelsFeature(Feature):
         @router.post("/channels/{channel}/publish")
         async def publish(channel: str, body: PublishBody, node: NodeDep, who: Caller,
                           idempotency_key: str | None = Header(None)) -> dict[str, Any]:
-            """Broadcast an event on a channel (server API key, or a user the namespace lets publish)."""
+            """Broadcast an event on a channel (server API key, or a user the namespace lets publish; a user's
+            event goes out as ``PUBLICATION`` whatever ``type`` says, and the answer says which type went out)."""
             protocol.check_channel(channel)
             event_type = publishable_type(who, body.type, node.ops)
             await node.namespaces.may_publish(who, channel)
@@ -98,10 +97,10 @@ class ChannelsFeature(Feature):
                                                f"{node.settings.max_frame_bytes}-byte frame limit", field="data")
 
             async def run() -> dict[str, Any]:
-                answer_on_publish(lambda position: published(channel, position))
+                answer_on_publish(lambda position: published(channel, position, type=event_type))
                 position = await node.publish(channel, event_type, body.data)
                 node.metrics.publishes.inc()
-                return published(channel, position)
+                return published(channel, position, type=event_type)
 
             if idempotency_key:
                 return await node.idempotency.run(scope(who, f"rest:publish {channel}"), idempotency_key, run)  # type: ignore[no-any-return]

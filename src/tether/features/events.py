@@ -293,9 +293,9 @@ class EventsFeature(Feature):
                 raise TetherError("too_large", f"data is {size} bytes, over the {node.settings.max_frame_bytes}-byte limit")
 
             async def run() -> dict[str, Any]:
-                position = await self.push(user_id, etype, data, retain=body.retain)
+                await self.push(user_id, etype, data, retain=body.retain)
                 node.metrics.publishes.inc()
-                return {"delivered": await self.connections(user_id), "offset": position.offset}
+                return {"delivered": await self.connections(user_id)}
 
             if idempotency_key:
                 return await node.idempotency.run(scope(who, f"rest:push {user_id}"), idempotency_key, run)  # type: ignore[no-any-return]
