@@ -191,3 +191,27 @@ def test_migrate_on_an_empty_dir_says_what_it_created(tmp_path: Path) -> None:
     assert "created" in first and "documents" in first and "sessions" in first, first
     second = migrate()
     assert "up to date" in second and "created" not in second, second
+
+
+def test_data_dir_whose_database_is_not_sqlite_is_refused(tmp_path: Path) -> None:
+    garbage = tmp_path / "garbage"
+    garbage.mkdir()
+    (garbage / "tether.sqlite3").write_text("garbage\n")
+    assert_refused(serve("--data-dir", str(garbage), "--port", str(free_port())), "not an SQLite database")
+    assert (garbage / "tether.sqlite3").read_text() == "garbage\n"
+    adir = tmp_path / "adir"
+    (adir / "tether.sqlite3").mkdir(parents=True)
+    assert_refused(serve("--data-dir", str(adir), "--port", str(free_port())), "tether.sqlite3 is not a file")
+
+
+def test_a_start_that_fails_after_the_checks_exits_non_zero(tmp_path: Path) -> None:
+    """Whatever fails while the node starts, the process ends (no thread of a half-opened database keeps it)."""
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "tether.sqlite3").write_text("garbage\n")
+    skip_check = ("import tether.server.preflight as p; p.check_database_file = lambda d: None; "
+                  "from tether.cli import main; main()")
+    out = subprocess.run([sys.executable, "-c", skip_check, "serve", "--data-dir", str(data), "--port", str(free_port())],
+                         env=clean_env(), capture_output=True, text=True, timeout=30)
+    assert out.returncode == 3, out.stderr[-2000:]
+    assert "Application startup failed" in out.stderr

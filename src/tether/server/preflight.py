@@ -83,6 +83,26 @@ def check_data_dir(data_dir: Path) -> None:
         raise Refused(f"--data-dir {data_dir} cannot be created: {parent} is not writable; pick another --data-dir")
 
 
+SQLITE_FILE = "tether.sqlite3"
+SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def check_database_file(data_dir: Path) -> None:
+    """The data dir's database, if there is one yet, is an SQLite file we can read and write."""
+    path = data_dir.expanduser().absolute() / SQLITE_FILE
+    if not os.path.lexists(path):
+        return
+    where = data_dir / SQLITE_FILE
+    if not path.is_file():
+        raise Refused(f"{where} is not a file: move it away, or pick another --data-dir")
+    if not os.access(path, os.R_OK | os.W_OK):
+        raise Refused(f"{where} is not readable and writable by this user: fix its permissions")
+    with open(path, "rb") as f:
+        head = f.read(len(SQLITE_HEADER))
+    if head and head != SQLITE_HEADER:  # an empty file is a new database to SQLite
+        raise Refused(f"{where} is not an SQLite database: move it away, or pick another --data-dir")
+
+
 def _read_only(path: Path) -> bool:
     try:
         return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
@@ -167,6 +187,7 @@ def check(settings: Settings, *, listen: bool = True) -> None:
     check_cors(settings)
     if not settings.database_url:
         check_data_dir(settings.data_dir)
+        check_database_file(settings.data_dir)
     check_channels_file(settings.channels_file)
     if listen:
         check_listen(settings.host, settings.port)
