@@ -215,3 +215,25 @@ def test_a_start_that_fails_after_the_checks_exits_non_zero(tmp_path: Path) -> N
                          env=clean_env(), capture_output=True, text=True, timeout=30)
     assert out.returncode == 3, out.stderr[-2000:]
     assert "Application startup failed" in out.stderr
+
+
+def test_jwt_public_key_that_does_not_load_is_refused(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_text("not a key\n")
+    for key, words in [(str(tmp_path / "missing.pem"), ["missing.pem", "neither PEM text nor a file"]),
+                       (str(garbage), ["garbage.pem", "not a PEM public key"]),
+                       ("-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----", ["not a PEM public key"])]:
+        assert_refused(serve("--auth", "jwt", "--jwt-public-key", key, "--data-dir", str(data),
+                             "--port", str(free_port())), "--jwt-public-key", *words)
+    assert not data.exists()
+
+
+def test_jwt_secret_and_public_key_together_are_refused(tmp_path: Path) -> None:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    pem = ec.generate_private_key(ec.SECP256R1()).public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+    assert_refused(serve("--jwt-secret", "s" * 40, "--jwt-public-key", pem, "--data-dir", str(tmp_path / "d"),
+                         "--port", str(free_port())), "TETHER_JWT_SECRET", "TETHER_JWT_PUBLIC_KEY", "pick one")

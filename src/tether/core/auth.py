@@ -7,6 +7,7 @@ import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import jwt
 
@@ -44,6 +45,34 @@ class Identity:
         return self.is_server or user_id == self.user_id
 
 
+def load_public_key(value: str) -> tuple[Any, str]:
+    """``--jwt-public-key`` (PEM text, or the path of a PEM file) as a key and the algorithm it verifies.
+
+    Raises ValueError, saying what is wrong, for a missing file or text that is not an RSA or EC public key.
+    """
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+    from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+    text, where = value, "the PEM text"
+    if not value.lstrip().startswith("-----"):
+        path = Path(value).expanduser()
+        if not path.is_file():
+            raise ValueError(f"{value} is neither PEM text nor a file")
+        try:
+            text, where = path.read_text(), str(value)
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ValueError(f"cannot read {value} ({getattr(exc, 'strerror', None) or exc})") from None
+    try:
+        key = load_pem_public_key(text.strip().encode())
+    except (ValueError, TypeError):
+        raise ValueError(f"{where} is not a PEM public key ('-----BEGIN PUBLIC KEY-----')") from None
+    if isinstance(key, rsa.RSAPublicKey):
+        return key, "RS256"
+    if isinstance(key, ec.EllipticCurvePublicKey):
+        return key, "ES256"
+    raise ValueError(f"{where} is a {type(key).__name__}, not an RSA (RS256) or EC (ES256) public key")
+
+
 def valid_id(value: str) -> bool:
     return bool(_ID.fullmatch(value))  # fullmatch: '$' alone lets a trailing newline through
 
@@ -52,14 +81,11 @@ class Authenticator:
     def __init__(self, settings: Settings) -> None:
         self.mode = settings.auth or "dev"
         self.api_key = settings.api_key
-        self._key: str | None = settings.jwt_secret
+        self._key: Any = settings.jwt_secret
         self._algorithms = ["HS256"]
         if settings.jwt_public_key:
-            pem = settings.jwt_public_key
-            if not pem.lstrip().startswith("-----") and Path(pem).exists():
-                pem = Path(pem).read_text()
-            self._key = pem
-            self._algorithms = ["RS256", "ES256"]
+            self._key, algorithm = load_public_key(settings.jwt_public_key)
+            self._algorithms = [algorithm]
 
     def token(self, token: str | None) -> Identity:
         if not token:

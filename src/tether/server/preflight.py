@@ -18,6 +18,7 @@ from typing import IO
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from tether import __version__
+from tether.core.auth import load_public_key
 from tether.core.config import Settings
 from tether.core.namespaces import load_overrides
 from tether.server import origins
@@ -130,6 +131,18 @@ def check_cors(settings: Settings) -> None:
         raise Refused("--cors-origins '*' lets any web page use a signed-in user's token: list your app's origins instead")
 
 
+def check_jwt(settings: Settings) -> None:
+    """One way to check tokens, and a public key that loads."""
+    if settings.jwt_secret and settings.jwt_public_key:
+        raise Refused("both TETHER_JWT_SECRET (HS256) and TETHER_JWT_PUBLIC_KEY (RS256/ES256) are set: "
+                      "pick one and unset the other")
+    if settings.jwt_public_key:
+        try:
+            load_public_key(settings.jwt_public_key)
+        except ValueError as exc:
+            raise Refused(f"--jwt-public-key: {exc}; pass an RSA or EC public key in PEM, or its file") from None
+
+
 def check_listen(host: str, port: int) -> None:
     """Nobody else listens on host:port (the bind that uvicorn makes next would fail)."""
     try:
@@ -184,6 +197,7 @@ def check(settings: Settings, *, listen: bool = True) -> None:
         raise Refused(f"--port {settings.port} is outside 1-65535")
     settings.database_url = normalize_database_url(settings.database_url)
     check_redis_url(settings.redis_url)
+    check_jwt(settings)
     check_cors(settings)
     if not settings.database_url:
         check_data_dir(settings.data_dir)
