@@ -237,3 +237,14 @@ def test_jwt_secret_and_public_key_together_are_refused(tmp_path: Path) -> None:
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
     assert_refused(serve("--jwt-secret", "s" * 40, "--jwt-public-key", pem, "--data-dir", str(tmp_path / "d"),
                          "--port", str(free_port())), "TETHER_JWT_SECRET", "TETHER_JWT_PUBLIC_KEY", "pick one")
+
+
+@pytest.mark.parametrize("entry, words", [
+    ("https://*.example.com", ["wildcard"]),
+    ("ftp://app.example.com", ["http"]),
+    ("https://user@app.example.com", ["user info"]),
+    ("https://app.example.com/app", ["path"]),
+])
+def test_cors_origin_that_can_never_match_is_refused(tmp_path: Path, entry: str, words: list[str]) -> None:
+    assert_refused(serve("--cors-origins", f"https://ok.example.com,{entry}", "--data-dir", str(tmp_path / "d"),
+                         "--port", str(free_port())), "--cors-origins", entry, *words)

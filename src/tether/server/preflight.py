@@ -126,7 +126,7 @@ def check_cors(settings: Settings) -> None:
     listed = origins.parse(settings.cors_origins)
     bad = origins.invalid(listed)
     if bad is not None:
-        raise Refused(f"--cors-origins entry {bad!r} is not an origin: write scheme://host[:port], e.g. https://app.example.com")
+        raise Refused(f"--cors-origins entry {bad[0]!r} {bad[1]}: write scheme://host[:port], e.g. https://app.example.com")
     if "*" in listed and (settings.auth or "dev") != "dev":
         raise Refused("--cors-origins '*' lets any web page use a signed-in user's token: list your app's origins instead")
 
