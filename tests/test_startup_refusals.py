@@ -248,3 +248,39 @@ def test_jwt_secret_and_public_key_together_are_refused(tmp_path: Path) -> None:
 def test_cors_origin_that_can_never_match_is_refused(tmp_path: Path, entry: str, words: list[str]) -> None:
     assert_refused(serve("--cors-origins", f"https://ok.example.com,{entry}", "--data-dir", str(tmp_path / "d"),
                          "--port", str(free_port())), "--cors-origins", entry, *words)
+
+
+@pytest.mark.parametrize("flag, value", [
+    ("--ping-interval", "0"), ("--presence-ttl", "-5"), ("--max-frame-bytes", "0"), ("--history-size", "-1"),
+    ("--max-subscriptions", "0"), ("--rate-per-connection", "0"), ("--rate-burst", "0"), ("--rate-per-user", "-1"),
+    ("--send-queue-frames", "0"), ("--max-body-bytes", "0"), ("--rest-rate-per-user", "0"), ("--rest-rate-burst", "0"),
+    ("--max-streams-per-user", "0"), ("--history-ttl", "0"), ("--history-sweep", "0"), ("--idempotency-ttl", "0"),
+    ("--device-ttl", "0"), ("--retain-ended", "-1"), ("--stream-timeout", "0"), ("--presence-ttl", "nan"),
+])
+def test_numeric_setting_that_cannot_work_is_refused(tmp_path: Path, flag: str, value: str) -> None:
+    data = tmp_path / "data"
+    assert_refused(serve(flag, value, "--data-dir", str(data), "--port", str(free_port())), flag, value)
+    env = clean_env(**{"TETHER_" + flag[2:].upper().replace("-", "_"): value})
+    assert_refused(serve("--data-dir", str(data), "--port", str(free_port()), env=env), flag)
+    assert not data.exists()
+
+
+def test_every_numeric_setting_has_a_minimum() -> None:
+    from dataclasses import fields
+
+    from tether.core.config import MINIMUMS, Settings
+
+    numeric = {f.name for f in fields(Settings) if f.type in ("int", "float")} - {"port"}
+    assert numeric == set(MINIMUMS)
+
+
+@pytest.mark.parametrize("entry, words", [
+    ('{"pattern": "a.*", "history_size": -1}', ["history_size"]),
+    ('{"pattern": "a.*", "history_ttl": 0}', ["history_ttl"]),
+    ('{"pattern": "a.*", "history_size": "10"}', ["history_size"]),
+])
+def test_channels_file_numbers_that_cannot_work_are_refused(tmp_path: Path, entry: str, words: list[str]) -> None:
+    path = tmp_path / "channels.json"
+    path.write_text(f"[{entry}]")
+    assert_refused(serve("--channels-file", str(path), "--data-dir", str(tmp_path / "d"), "--port", str(free_port())),
+                   *words)

@@ -147,6 +147,18 @@ def serve(ws_transport: str, **options: Any) -> None:
     )
 
 
+def _state_minimums(command: click.Command) -> None:
+    """Each numeric option's help ends with its least working value (refused below it at start)."""
+    from tether.core.config import MINIMUMS
+
+    for param in command.params:
+        if isinstance(param, click.Option) and param.name in MINIMUMS and "At least" not in (param.help or ""):
+            param.help = f"{param.help} At least {MINIMUMS[param.name]:g}."
+
+
+_state_minimums(serve)
+
+
 def _show_config(reference: bool, **_: Any) -> None:
     from tether.configfile import reference as table, render, resolve
 
