@@ -60,3 +60,12 @@ def test_first_look_does_not_start_a_second_server() -> None:
     readme = (ROOT / "README.md").read_text()
     first_look = readme.split("## A first look", 1)[1].split("\n## ", 1)[0]
     assert "tether serve" not in first_look
+
+
+def test_source_cites_no_contract_or_seed_file() -> None:
+    """Docstrings and comments are read by users too (help(), an IDE): they say the thing itself."""
+    outside = re.compile(r"\bSPEC\b|SPEC\.md|\bseeds?/|[\w-]+-ios\.md|\bthe seed's\b|\(seed\b")
+    for path in sorted([*(ROOT / "src" / "tether").rglob("*.py"), *(ROOT / "examples").glob("*.py")]):
+        for line_no, line in enumerate(path.read_text().splitlines(), 1):
+            match = outside.search(line)
+            assert match is None, f"{path.relative_to(ROOT)}:{line_no} cites {match.group(0)!r}: {line.strip()}"

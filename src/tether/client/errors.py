@@ -1,4 +1,4 @@
-"""What can go wrong, sorted into what the client does about it (SPEC §5).
+"""What can go wrong, sorted into what the client does about it.
 
 ``classify`` maps a server answer to one of three actions:
 - ``retry``: the write may succeed later (network, 5xx, rate limit): keep it queued.

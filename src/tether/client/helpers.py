@@ -1,4 +1,4 @@
-"""Presence, locks and conflict-retrying updates (seed presence-locks-concurrency-ios.md), over REST."""
+"""Presence, locks and conflict-retrying updates, over REST."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Who is calling: dev tokens, JWTs, and the server API key (SPEC §2)."""
+"""Who is calling: dev tokens, JWTs, and the server API key."""
 
 from __future__ import annotations
 

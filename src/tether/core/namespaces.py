@@ -1,4 +1,4 @@
-"""Channel namespaces: which rules apply to a channel name (SPEC §3).
+"""Channel namespaces: which rules apply to a channel name.
 
 A namespace is matched by an ``fnmatch`` pattern (``public.*``, ``users.*``,
 ``admin``). The first match wins, so operator overrides (``--channels-file``)

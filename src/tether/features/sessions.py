@@ -1,4 +1,4 @@
-"""Live sessions (SPEC §4.4): rooms with a host, participants and chat, updated live.
+"""Live sessions: rooms with a host, participants and chat, updated live.
 
 :class:`Sessions` is the domain: SQL and its events through ``node.change()``
 (an event commits with the change it announces), nothing else. REST routes and WebSocket ops are thin adapters
@@ -291,7 +291,7 @@ class Sessions:
 
     @staticmethod
     def actor(who: Identity, user_id: str | None) -> str:
-        """SPEC §2: a body ``user_id`` must be the caller's own, unless the caller holds the API key."""
+        """A body ``user_id`` must be the caller's own, unless the caller holds the API key."""
         if user_id is None or user_id == who.user_id:
             return who.user_id
         if not who.is_server:

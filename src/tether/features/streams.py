@@ -1,4 +1,4 @@
-"""Streamed content (SPEC §4.6): growing text (an AI answer) on a channel, seen live by every subscriber.
+"""Streamed content: growing text (an AI answer) on a channel, seen live by every subscriber.
 
 A writer sends ``STREAM_START {channel, data?, stream_id?}``, any number of
 ``STREAM_DELTA {stream_id, delta}`` and ``STREAM_END {stream_id, content?}``.

@@ -2,7 +2,7 @@
 
 WAL with ``synchronous=NORMAL`` keeps every committed transaction across a
 ``kill -9`` of the process (only an OS crash may lose the last few), which is
-the durability SPEC §6 asks of the embedded default.
+the durability the embedded default promises: an acknowledged write survives the process.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-#: Error code -> default HTTP status. The codes are the contract (SPEC §3).
+#: Error code -> default HTTP status. Clients act on the codes (WS ``ERROR`` and REST ``{"error": {code}}``): they never change.
 STATUS = {
     "bad_request": 400,
     "unauthorized": 401,

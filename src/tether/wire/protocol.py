@@ -1,4 +1,4 @@
-"""The wire format (SPEC §3), free of any I/O: parse client frames, build server frames.
+"""The WebSocket wire format, free of any I/O: parse client frames, build server frames.
 
 Every frame is ``{"type", "data", "id"?, "channel"?, "offset"?}`` as JSON text.
 Server events are encoded once, as text, and the same text goes to every

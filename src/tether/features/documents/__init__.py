@@ -1,4 +1,4 @@
-"""Versioned JSON documents in collections (SPEC §4.3): REST, WebSocket requests, events.
+"""Versioned JSON documents in collections: REST, WebSocket requests, events.
 
 :class:`Documents` is the domain (SQL through ``node.db``, events through
 ``node.publish``); the REST routes and ``DOCUMENT_*`` ops are thin adapters
