@@ -284,3 +284,14 @@ def test_channels_file_numbers_that_cannot_work_are_refused(tmp_path: Path, entr
     path.write_text(f"[{entry}]")
     assert_refused(serve("--channels-file", str(path), "--data-dir", str(tmp_path / "d"), "--port", str(free_port())),
                    *words)
+
+
+def test_migrate_refusal_says_it_cannot_migrate(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "tether.sqlite3").write_text("garbage\n")
+    out = subprocess.run([sys.executable, "-m", "tether", "migrate", "--data-dir", str(data)],
+                         env=clean_env(), capture_output=True, text=True, timeout=60)
+    text = (out.stdout + out.stderr).strip()
+    assert out.returncode != 0 and len(text.splitlines()) == 1, text
+    assert text.startswith("cannot migrate: ") and "refusing to start" not in text and "not an SQLite" in text, text

@@ -241,7 +241,10 @@ def migrate(database_url: str | None, data_dir: Path) -> None:
     from tether.server import preflight
 
     settings = Settings.from_env(database_url=database_url, data_dir=data_dir)
-    preflight.check(settings, listen=False)
+    try:
+        preflight.check(settings, listen=False)
+    except preflight.Refused as exc:  # the same checks as serve's, said for what was asked
+        raise SystemExit(f"cannot migrate: {exc.reason}") from None
     click.echo(asyncio.run(run.migrate(settings)))
 
 

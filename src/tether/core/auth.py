@@ -45,6 +45,19 @@ class Identity:
         return self.is_server or user_id == self.user_id
 
 
+def _why(exc: Exception, algorithms: list[str]) -> str:
+    """A few words on why PyJWT refused a token (a WebSocket close reason has room for 123 bytes)."""
+    if isinstance(exc, jwt.InvalidSignatureError):
+        return "bad signature"
+    if isinstance(exc, jwt.InvalidAlgorithmError):
+        return "it is not " + "/".join(algorithms)
+    if isinstance(exc, jwt.ImmatureSignatureError):
+        return "not valid yet"
+    if isinstance(exc, jwt.DecodeError):
+        return "malformed"
+    return type(exc).__name__.removesuffix("Error")
+
+
 def load_public_key(value: str) -> tuple[Any, str]:
     """``--jwt-public-key`` (PEM text, or the path of a PEM file) as a key and the algorithm it verifies.
 
@@ -97,24 +110,27 @@ class Authenticator:
                 looks_signed = token.count(".") == 2 and len(token) > 40  # a JWT sent to a dev server
                 raise TetherError(
                     "unauthorized",
-                    ("this server runs --auth dev, where a token is not a JWT but " if looks_signed else "")
-                    + "dev token must be 'userId' or 'userId:deviceId' (letters, digits, _ . @ + -, up to 128)",
+                    "this server runs --auth dev: a token is 'userId' or 'userId:deviceId', not a JWT" if looks_signed
+                    else "a dev token is 'userId' or 'userId:deviceId' (up to 128 of A-Z a-z 0-9 _ . @ + -)",
                 )
             _not_reserved(user)
             return Identity(user, device)
+        hint = "get one with `tether token`" if self._algorithms == ["HS256"] else "get one from your token issuer"
         try:
             claims = jwt.decode(
                 token, self._key, algorithms=self._algorithms, options={"require": ["sub", "exp"]}
             )
         except jwt.ExpiredSignatureError:
-            raise TetherError("unauthorized", "token expired: mint a new one") from None
-        except jwt.DecodeError as exc:
-            if token.count(".") != 2:  # e.g. a dev token ('alice:phone') sent to a JWT server
+            raise TetherError("unauthorized", f"token expired: {hint}") from None
+        except jwt.MissingRequiredClaimError as exc:
+            raise TetherError("unauthorized", f"invalid token: it has no '{exc.claim}' claim; {hint}") from None
+        except jwt.PyJWTError as exc:
+            if isinstance(exc, jwt.DecodeError) and token.count(".") != 2:  # e.g. 'alice:phone' sent to a JWT server
                 raise TetherError("unauthorized", "this server runs --auth jwt and the token is not a JWT: "
                                                   "mint one with `tether token --user <id>`") from None
-            raise TetherError("unauthorized", f"invalid token: {exc}") from None
-        except jwt.PyJWTError as exc:
-            raise TetherError("unauthorized", f"invalid token: {exc}") from None
+            # PyJWT's own text ("Invalid header string: 'utf-8' codec can't …") says little and runs long
+            raise TetherError("unauthorized", f"invalid token: not a JWT signed for this server "
+                                              f"({_why(exc, self._algorithms)}); {hint}") from None
         user, device = str(claims["sub"]), str(claims.get("device_id") or "default")
         if not valid_id(user) or not valid_id(device):
             raise TetherError("unauthorized", "token 'sub' or 'device_id' has characters outside A-Z a-z 0-9 _ . @ + -")

@@ -36,6 +36,7 @@ class Refused(SystemExit):
 
     def __init__(self, message: str) -> None:
         super().__init__(f"refusing to start: {message}")
+        self.reason = message  # what is wrong, for commands other than serve
 
 
 def mask(url: str) -> str:
