@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 
-from cli_args import parse
+from cli_args import parse, run
 
 from tether.client import Client
 
@@ -58,4 +58,4 @@ async def main(url: str, token: str = "alice:phone", peer_token: str = "bob:lapt
 
 if __name__ == "__main__":
     args = parse(__doc__, "alice:phone", "bob:laptop")
-    asyncio.run(main(args.url, args.token, args.peer_token))
+    run(main(args.url, args.token, args.peer_token))

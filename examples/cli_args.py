@@ -10,7 +10,12 @@ them with `tether token --user alice --device phone` (and one for the peer).
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
+import sys
+from typing import Any, Coroutine
+
+from tether.client import ClientError, Failed, ServerError
 
 
 def parse(description: str, token: str, peer_token: str) -> argparse.Namespace:
@@ -22,3 +27,20 @@ def parse(description: str, token: str, peer_token: str) -> argparse.Namespace:
     parser.add_argument("--peer-token", default=os.environ.get("TETHER_PEER_TOKEN", peer_token),
                         help=f"the other party's token (env: TETHER_PEER_TOKEN; default {peer_token!r})")
     return parser.parse_args()
+
+
+HINT = ("on a JWT server mint them with `tether token --user USER --device DEVICE` (with its TETHER_JWT_SECRET) "
+        "and pass them as --token and --peer-token")
+
+
+def run(main: Coroutine[Any, Any, Any]) -> None:
+    """Run an example; a refused token or an unreachable server is one line on stderr and exit status 1."""
+    try:
+        asyncio.run(main)
+    except (Failed, ServerError) as exc:
+        cause = exc.__cause__ if isinstance(exc.__cause__, ServerError) else exc
+        if isinstance(cause, ServerError) and cause.code == "unauthorized":
+            sys.exit(f"the server refused a token ({cause.message}); {HINT}")
+        sys.exit(f"failed: {exc}")
+    except ClientError as exc:
+        sys.exit(f"failed: {exc}")

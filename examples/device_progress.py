@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 
-from cli_args import parse
+from cli_args import parse, run
 
 from tether.client import Client
 
@@ -21,6 +21,12 @@ async def main(url: str, token: str = "alice:laptop", peer_token: str = "alice:p
     phone = Client(url, peer_token)
     await laptop.connect()
     await phone.connect()
+    if laptop.user_id != phone.user_id:
+        await laptop.close()
+        await phone.close()
+        raise SystemExit(f"the tokens name two users ({laptop.user_id}, {phone.user_id}): progress goes to the "
+                         f"reporting user's own devices, so mint both for one user (tether token --user "
+                         f"{laptop.user_id} --device laptop, then --device phone)")
     seen: list[float] = []
     finished = asyncio.Event()
 
@@ -37,7 +43,10 @@ async def main(url: str, token: str = "alice:laptop", peer_token: str = "alice:p
             "shootId": "shoot-1", "processedCount": done, "totalCount": total,
             "currentImage": f"IMG_{done:04}.jpg", "status": "completed" if done == total else "processing",
         })
-    await asyncio.wait_for(finished.wait(), 60)  # only if the server never delivers
+    try:
+        await asyncio.wait_for(finished.wait(), 30)  # only if the server never delivers
+    except asyncio.TimeoutError:
+        raise SystemExit(f"no SHOOT_PROGRESS 'completed' reached the laptop within 30 s (saw {len(seen)} updates)") from None
     await laptop.close()
     await phone.close()
     return seen
@@ -45,4 +54,4 @@ async def main(url: str, token: str = "alice:laptop", peer_token: str = "alice:p
 
 if __name__ == "__main__":
     args = parse(__doc__, "alice:laptop", "alice:phone")
-    asyncio.run(main(args.url, args.token, args.peer_token))
+    run(main(args.url, args.token, args.peer_token))

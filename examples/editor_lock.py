@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 
-from cli_args import parse
+from cli_args import parse, run
 
 from tether.client import Client, LockTimeout
 
@@ -28,8 +28,8 @@ async def main(url: str, token: str = "alice:desktop", peer_token: str = "bob:de
         try:
             async with bob.lock("chapter-1", ttl=1, timeout=0):
                 raise SystemExit("bob should not get a held lock")
-        except LockTimeout:
-            print("bob: chapter-1 is being edited by someone else")
+        except LockTimeout as taken:
+            print(f"bob: chapter-1 is being edited by {taken.holder} until {taken.expires_at}")
         await asyncio.sleep(3)  # longer than the TTL: the extension keeps it
         assert not lock.lost.is_set(), "the lock should have been extended"
         print("alice still holds it after its TTL (extended at half the TTL)")
@@ -44,4 +44,4 @@ async def main(url: str, token: str = "alice:desktop", peer_token: str = "bob:de
 
 if __name__ == "__main__":
     args = parse(__doc__, "alice:desktop", "bob:desktop")
-    asyncio.run(main(args.url, args.token, args.peer_token))
+    run(main(args.url, args.token, args.peer_token))

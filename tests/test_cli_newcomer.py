@@ -59,6 +59,35 @@ def test_tail_since_needs_the_epoch_and_says_not_recovered(server) -> None:
     finally:
         proc.kill()
     assert proc.returncode == 0 and '"i":0' in stdout
+    assert "--epoch not-the-epoch does not match the channel's current epoch" in seen, seen
+    assert "history was reset, or the epoch is wrong" in seen and "no longer all in" not in seen, seen
+
+
+def test_tail_with_a_jwt_not_signed_for_the_server_says_so_in_full(server_factory) -> None:
+    import jwt as pyjwt
+
+    from tether.core.auth import mint
+
+    srv = server_factory("--auth", "jwt", env={"TETHER_JWT_SECRET": SECRET})
+    for token in ("eyJhbGciOi.e30.x", mint("another-secret-0123456789abcdefghij", "alice"),
+                  pyjwt.encode({"sub": "alice"}, SECRET, algorithm="HS256")):
+        out = tether("tail", "public.cli5", "--url", srv.url, "--token", token)
+        assert out.returncode != 0 and "Traceback" not in out.stderr, out.stderr
+        assert "invalid token: " in out.stderr and "tether token" in out.stderr, out.stderr
+        assert "Invalid header string" not in out.stderr and "codec" not in out.stderr, out.stderr
+        assert "…" not in out.stderr, out.stderr  # the close reason has room for the whole message
+    assert "not a JWT signed for this server (bad signature)" in tether(
+        "tail", "public.cli5", "--url", srv.url, "--token", mint("another-secret-0123456789abcdefghij", "alice")).stderr
+
+
+def test_close_reasons_fit_a_close_frame_and_are_cut_between_words() -> None:
+    from tether.wire.protocol import MAX_CLOSE_REASON, close_reason
+
+    assert close_reason("short") == "short"
+    long = close_reason("unauthorized: " + "word " * 40)
+    assert len(long.encode()) <= MAX_CLOSE_REASON and long.endswith("word…"), long
+    wide = close_reason("é" * 100)
+    assert len(wide.encode()) <= MAX_CLOSE_REASON and wide.endswith("é…")
 
 
 def test_tail_gap_is_said(capsys: pytest.CaptureFixture[str]) -> None:

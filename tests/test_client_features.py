@@ -144,7 +144,27 @@ async def test_presence_and_lock_helpers(server_factory) -> None:
 async def test_example_editor_lock(shared_server: ServerProcess) -> None:
     need(shared_server, "/api/locks/{key}", "/api/presence/{key}")
     out = run_example("editor_lock.py", shared_server)
-    assert "bob: chapter-1 is being edited by someone else" in out and "extended" in out
+    assert "bob: chapter-1 is being edited by alice until 20" in out and "extended" in out
+
+
+async def test_lock_timeout_says_who_holds_the_lock_and_until_when(shared_server: ServerProcess) -> None:
+    from tether.client import LockTimeout
+
+    need(shared_server, "/api/locks/{key}")
+    alice, bob = client(shared_server, "alice"), client(shared_server, "bob")
+    async with alice.lock("held-res", ttl=5) as lock:
+        with pytest.raises(LockTimeout) as info:
+            async with bob.lock("held-res", ttl=1, timeout=0):
+                pass
+    assert info.value.holder == "alice" and info.value.expires_at == lock.expires_at
+    assert str(info.value) == f"lock 'held-res' is held by alice until {lock.expires_at}"
+    await alice.close()
+    await bob.close()
+
+
+def test_a_close_reason_that_names_its_code_is_not_doubled() -> None:
+    assert str(ServerError("unauthorized", "unauthorized: token expired", 401)) == "unauthorized: token expired"
+    assert ServerError("unauthorized", "unauthorized: token expired").message == "token expired"
 
 
 async def test_example_chat_session(shared_server: ServerProcess) -> None:

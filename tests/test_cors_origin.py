@@ -80,3 +80,27 @@ async def test_plain_get_ws_answers_426_with_a_hint(server) -> None:
     assert r.headers["upgrade"].lower() == "websocket"
     error = r.json()["error"]
     assert error["code"] == "upgrade_required" and "WebSocket" in error["message"]
+
+
+async def test_listed_origins_are_matched_as_browsers_send_them(server_factory) -> None:
+    """Upper case, a default port or a trailing slash in --cors-origins still match the browser's Origin."""
+    srv = server_factory("--cors-origins", "HTTPS://APP.EXAMPLE.COM:443/, http://Local.Example:80")
+    async with httpx.AsyncClient(base_url=srv.url) as http:
+        for origin in (APP, "http://local.example"):
+            r = await http.options("/api/presence/room1", headers={**PREFLIGHT, "Origin": origin})
+            assert r.headers.get("access-control-allow-origin") == origin, origin
+    async with websockets.connect(srv.ws_url("alice"), origin=APP) as ws:  # type: ignore[arg-type]
+        assert "CONNECTED" in await ws.recv()
+
+
+def test_origin_normalisation() -> None:
+    from tether.server.origins import invalid, normalize, parse
+
+    assert parse("HTTPS://App.Example.com:443/, http://x:80, http://x:8080, http://[::1]:3000, *") == [
+        APP, "http://x", "http://x:8080", "http://[::1]:3000", "*"]
+    for entry, why in [("https://*.example.com", "wildcard"), ("ftp://app.example.com", "http"),
+                       ("https://u:p@app.example.com", "user info"), ("https://app.example.com/app", "path"),
+                       ("app.example.com", "http"), ("https://app.example.com:99999", "port")]:
+        with pytest.raises(ValueError, match=why):
+            normalize(entry)
+        assert invalid([APP, entry]) is not None

@@ -68,3 +68,12 @@ def test_one_command_runs_the_whole_suite_and_ci_runs_it() -> None:
     assert "\n    scripts/test\n" in readme
     assert "exec scripts/test" in (ROOT / ".ci" / "run").read_text()
     assert all(step in script for step in ("clients/js web", "npm ci", "npm test", "python -m pytest -n 2"))
+
+
+def test_source_cites_no_contract_or_seed_file() -> None:
+    """Docstrings and comments are read by users too (help(), an IDE): they say the thing itself."""
+    outside = re.compile(r"\bSPEC\b|SPEC\.md|\bseeds?/|[\w-]+-ios\.md|\bthe seed's\b|\(seed\b")
+    for path in sorted([*(ROOT / "src" / "tether").rglob("*.py"), *(ROOT / "examples").glob("*.py")]):
+        for line_no, line in enumerate(path.read_text().splitlines(), 1):
+            match = outside.search(line)
+            assert match is None, f"{path.relative_to(ROOT)}:{line_no} cites {match.group(0)!r}: {line.strip()}"

@@ -60,3 +60,25 @@ def test_example_takes_tokens_from_the_environment(jwt_server, name: str) -> Non
 def test_example_help_names_the_token_flags() -> None:
     out = run("chat_session.py", "--help")
     assert out.returncode == 0 and "--token" in out.stdout and "TETHER_TOKEN" in out.stdout
+
+
+@pytest.mark.parametrize("name", sorted(EXAMPLES))
+def test_example_with_tokens_the_server_refuses_says_so_in_one_line(jwt_server, name: str) -> None:  # type: ignore[no-untyped-def]
+    out = run(name, jwt_server.url)  # the default tokens are dev tokens, not JWTs
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
+    assert "tether token" in out.stderr and "unauthorized: unauthorized" not in out.stderr, out.stderr
+
+
+def test_device_progress_with_tokens_of_two_users_says_so(jwt_server) -> None:  # type: ignore[no-untyped-def]
+    out = run("device_progress.py", jwt_server.url, "--token", mint(SECRET, "alice", device="laptop"),
+              "--peer-token", mint(SECRET, "bob", device="phone"))
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert "two users (alice, bob)" in out.stderr and "Traceback" not in out.stderr, out.stderr
+
+
+def test_editor_lock_says_who_holds_the_lock(jwt_server) -> None:  # type: ignore[no-untyped-def]
+    out = run("editor_lock.py", jwt_server.url, "--token", mint(SECRET, "alice", device="desktop"),
+              "--peer-token", mint(SECRET, "bob", device="desktop"))
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "bob: chapter-1 is being edited by alice until 20" in out.stdout, out.stdout

@@ -69,6 +69,32 @@ async def test_documented_path_patterns_are_the_ones_the_server_enforces(shared_
             assert (r.status_code == 200) == ok, (value, r.text)
 
 
+def test_every_path_parameter_and_idempotency_key_is_bounded(spec) -> None:  # type: ignore[no-untyped-def]
+    """What the server refuses, the document says: a pattern on every path parameter, 1-200 on Idempotency-Key."""
+    keys = 0
+    for path, method, op in api_operations(spec):
+        for p in op.get("parameters", []):
+            if p["in"] == "path":
+                assert re.search(r"\{1,\d+\}\$$", p["schema"].get("pattern", "")), (method, path, p)
+            if p["in"] == "header" and p["name"].lower() == "idempotency-key":
+                keys += 1
+                assert (p["schema"]["minLength"], p["schema"]["maxLength"]) == (1, 200), (method, path)
+    assert keys >= 10
+
+
+async def test_an_overlong_id_is_refused_and_not_echoed_in_full(shared_server) -> None:
+    async with shared_server.http("alice") as http:
+        r = await http.get("/api/sessions/" + "x" * 5000)
+        assert r.status_code == 400 and r.json()["error"]["field"] == "session_id", r.text
+        assert len(r.text) < 400 and "5000 characters" in r.text, r.text
+        for path in ("/api/sessions/" + "y" * 128, "/api/sessions/" + "y" * 128 + "/notes",
+                     "/api/streams/" + "z" * 128, "/api/collections/c/documents/" + "d" * 128):
+            r = await http.get(path)
+            assert r.status_code == 404 and len(r.json()["error"]["message"]) < 150, (path, r.text)
+        r = await http.post("/api/channels/public.idem/publish", json={"data": 1}, headers={"Idempotency-Key": "k" * 201})
+        assert r.status_code == 400 and "1-200" in r.text, r.text
+
+
 def test_metrics_content_type_documented(spec) -> None:  # type: ignore[no-untyped-def]
     assert "text/plain; version=0.0.4" in spec["paths"]["/metrics"]["get"]["responses"]["200"]["content"]
 

@@ -195,3 +195,107 @@ def test_migrate_on_an_empty_dir_says_what_it_created(tmp_path: Path) -> None:
     assert "created" in first and "documents" in first and "sessions" in first, first
     second = migrate()
     assert "up to date" in second and "created" not in second, second
+
+
+def test_data_dir_whose_database_is_not_sqlite_is_refused(tmp_path: Path) -> None:
+    garbage = tmp_path / "garbage"
+    garbage.mkdir()
+    (garbage / "tether.sqlite3").write_text("garbage\n")
+    assert_refused(serve("--data-dir", str(garbage), "--port", str(free_port())), "not an SQLite database")
+    assert (garbage / "tether.sqlite3").read_text() == "garbage\n"
+    adir = tmp_path / "adir"
+    (adir / "tether.sqlite3").mkdir(parents=True)
+    assert_refused(serve("--data-dir", str(adir), "--port", str(free_port())), "tether.sqlite3 is not a file")
+
+
+def test_a_start_that_fails_after_the_checks_exits_non_zero(tmp_path: Path) -> None:
+    """Whatever fails while the node starts, the process ends (no thread of a half-opened database keeps it)."""
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "tether.sqlite3").write_text("garbage\n")
+    skip_check = ("import tether.server.preflight as p; p.check_database_file = lambda d: None; "
+                  "from tether.cli import main; main()")
+    out = subprocess.run([sys.executable, "-c", skip_check, "serve", "--data-dir", str(data), "--port", str(free_port())],
+                         env=clean_env(), capture_output=True, text=True, timeout=30)
+    assert out.returncode == 3, out.stderr[-2000:]
+    assert "Application startup failed" in out.stderr
+
+
+def test_jwt_public_key_that_does_not_load_is_refused(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_text("not a key\n")
+    for key, words in [(str(tmp_path / "missing.pem"), ["missing.pem", "neither PEM text nor a file"]),
+                       (str(garbage), ["garbage.pem", "not a PEM public key"]),
+                       ("-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----", ["not a PEM public key"])]:
+        assert_refused(serve("--auth", "jwt", "--jwt-public-key", key, "--data-dir", str(data),
+                             "--port", str(free_port())), "--jwt-public-key", *words)
+    assert not data.exists()
+
+
+def test_jwt_secret_and_public_key_together_are_refused(tmp_path: Path) -> None:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    pem = ec.generate_private_key(ec.SECP256R1()).public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+    assert_refused(serve("--jwt-secret", "s" * 40, "--jwt-public-key", pem, "--data-dir", str(tmp_path / "d"),
+                         "--port", str(free_port())), "TETHER_JWT_SECRET", "TETHER_JWT_PUBLIC_KEY", "pick one")
+
+
+@pytest.mark.parametrize("entry, words", [
+    ("https://*.example.com", ["wildcard"]),
+    ("ftp://app.example.com", ["http"]),
+    ("https://user@app.example.com", ["user info"]),
+    ("https://app.example.com/app", ["path"]),
+])
+def test_cors_origin_that_can_never_match_is_refused(tmp_path: Path, entry: str, words: list[str]) -> None:
+    assert_refused(serve("--cors-origins", f"https://ok.example.com,{entry}", "--data-dir", str(tmp_path / "d"),
+                         "--port", str(free_port())), "--cors-origins", entry, *words)
+
+
+@pytest.mark.parametrize("flag, value", [
+    ("--ping-interval", "0"), ("--presence-ttl", "-5"), ("--max-frame-bytes", "0"), ("--history-size", "-1"),
+    ("--max-subscriptions", "0"), ("--rate-per-connection", "0"), ("--rate-burst", "0"), ("--rate-per-user", "-1"),
+    ("--send-queue-frames", "0"), ("--max-body-bytes", "0"), ("--rest-rate-per-user", "0"), ("--rest-rate-burst", "0"),
+    ("--max-streams-per-user", "0"), ("--history-ttl", "0"), ("--history-sweep", "0"), ("--idempotency-ttl", "0"),
+    ("--device-ttl", "0"), ("--retain-ended", "-1"), ("--stream-timeout", "0"), ("--presence-ttl", "nan"),
+])
+def test_numeric_setting_that_cannot_work_is_refused(tmp_path: Path, flag: str, value: str) -> None:
+    data = tmp_path / "data"
+    assert_refused(serve(flag, value, "--data-dir", str(data), "--port", str(free_port())), flag, value)
+    env = clean_env(**{"TETHER_" + flag[2:].upper().replace("-", "_"): value})
+    assert_refused(serve("--data-dir", str(data), "--port", str(free_port()), env=env), flag)
+    assert not data.exists()
+
+
+def test_every_numeric_setting_has_a_minimum() -> None:
+    from dataclasses import fields
+
+    from tether.core.config import MINIMUMS, Settings
+
+    numeric = {f.name for f in fields(Settings) if f.type in ("int", "float")} - {"port"}
+    assert numeric == set(MINIMUMS)
+
+
+@pytest.mark.parametrize("entry, words", [
+    ('{"pattern": "a.*", "history_size": -1}', ["history_size"]),
+    ('{"pattern": "a.*", "history_ttl": 0}', ["history_ttl"]),
+    ('{"pattern": "a.*", "history_size": "10"}', ["history_size"]),
+])
+def test_channels_file_numbers_that_cannot_work_are_refused(tmp_path: Path, entry: str, words: list[str]) -> None:
+    path = tmp_path / "channels.json"
+    path.write_text(f"[{entry}]")
+    assert_refused(serve("--channels-file", str(path), "--data-dir", str(tmp_path / "d"), "--port", str(free_port())),
+                   *words)
+
+
+def test_migrate_refusal_says_it_cannot_migrate(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "tether.sqlite3").write_text("garbage\n")
+    out = subprocess.run([sys.executable, "-m", "tether", "migrate", "--data-dir", str(data)],
+                         env=clean_env(), capture_output=True, text=True, timeout=60)
+    text = (out.stdout + out.stderr).strip()
+    assert out.returncode != 0 and len(text.splitlines()) == 1, text
+    assert text.startswith("cannot migrate: ") and "refusing to start" not in text and "not an SQLite" in text, text

@@ -147,6 +147,18 @@ def serve(ws_transport: str, **options: Any) -> None:
     )
 
 
+def _state_minimums(command: click.Command) -> None:
+    """Each numeric option's help ends with its least working value (refused below it at start)."""
+    from tether.core.config import MINIMUMS
+
+    for param in command.params:
+        if isinstance(param, click.Option) and param.name in MINIMUMS and "At least" not in (param.help or ""):
+            param.help = f"{param.help} At least {MINIMUMS[param.name]:g}."
+
+
+_state_minimums(serve)
+
+
 def _show_config(reference: bool, **_: Any) -> None:
     from tether.configfile import reference as table, render, resolve
 
@@ -229,7 +241,10 @@ def migrate(database_url: str | None, data_dir: Path) -> None:
     from tether.server import preflight
 
     settings = Settings.from_env(database_url=database_url, data_dir=data_dir)
-    preflight.check(settings, listen=False)
+    try:
+        preflight.check(settings, listen=False)
+    except preflight.Refused as exc:  # the same checks as serve's, said for what was asked
+        raise SystemExit(f"cannot migrate: {exc.reason}") from None
     click.echo(asyncio.run(run.migrate(settings)))
 
 

@@ -56,12 +56,17 @@ class _Tail:
         self.seen += 1
         return bool(self.count) and self.seen >= self.count
 
-    def subscribed(self, ack: dict[str, Any], since: int | None) -> bool:
-        say(f"subscribed to {self.channel}: epoch {ack.get('epoch')}, offset {ack.get('offset')}")
+    def subscribed(self, ack: dict[str, Any], since: int | None, epoch: str | None = None) -> bool:
+        current = ack.get("epoch")
+        say(f"subscribed to {self.channel}: epoch {current}, offset {ack.get('offset')}")
         self.last = since if since is not None else ack.get("offset")
         if since is not None and not ack.get("recovered"):
-            say(f"not recovered: the channel's epoch is {ack.get('epoch')} and the events after offset {since} "
-                f"are not all in its history; showing live events only")
+            if epoch is not None and epoch != current:
+                say(f"not recovered: --epoch {epoch} does not match the channel's current epoch {current} "
+                    f"(its history was reset, or the epoch is wrong); showing live events only")
+            else:
+                say(f"not recovered: the events after offset {since} of epoch {current} are no longer all in "
+                    f"the channel's history; showing live events only")
             self.last = ack.get("offset")
         for event in ack.get("publications", []):
             if self.event(event):
@@ -92,7 +97,7 @@ async def tail(url: str, token: str, channel: str, since: int | None, epoch: str
                     if frame["type"] == "ERROR":
                         say(f"error: {frame['data']['code']}: {frame['data']['message']}")
                         return 1
-                    if printer.subscribed(frame["data"], since):
+                    if printer.subscribed(frame["data"], since, epoch):
                         return 0
                     continue
                 if frame.get("channel") == channel and printer.event(frame):

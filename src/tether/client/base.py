@@ -1,4 +1,4 @@
-"""``Client``: keeps itself connected, recovers subscriptions, sends the outbox (SPEC §5).
+"""``Client``: keeps itself connected, recovers subscriptions, sends the outbox.
 
 Three long-lived tasks, so each concern stays small:
 - the supervisor owns the connection state machine (connect, resubscribe,

@@ -1,4 +1,4 @@
-"""Versioned documents (SPEC §4.3) through the outbox, with an optimistic local copy.
+"""Versioned documents through the outbox, with an optimistic local copy.
 
 Writes are queued (durable before the call returns) and sent over REST with
 the outbox id as ``Idempotency-Key``. The local view is the server's copy with

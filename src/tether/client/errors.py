@@ -1,4 +1,4 @@
-"""What can go wrong, sorted into what the client does about it (SPEC §5).
+"""What can go wrong, sorted into what the client does about it.
 
 ``classify`` maps a server answer to one of three actions:
 - ``retry``: the write may succeed later (network, 5xx, rate limit): keep it queued.
@@ -23,6 +23,8 @@ class ServerError(ClientError):
     """The server answered with an error (WS ``ERROR`` frame or REST ``{"error": …}``)."""
 
     def __init__(self, code: str, message: str, status: int | None = None, data: dict[str, Any] | None = None) -> None:
+        if message.startswith(code + ": "):  # a WebSocket close reason already names its code
+            message = message[len(code) + 2:]
         super().__init__(f"{code}: {message}")
         self.code, self.message, self.status = code, message, status
         self.data = data or {}
@@ -56,7 +58,17 @@ class Conflict(ClientError):
 
 
 class LockTimeout(ClientError):
-    """``lock()`` could not acquire the lock within its timeout."""
+    """``lock()`` could not acquire the lock within its timeout.
+
+    ``holder`` (a user id) and ``expires_at`` (RFC 3339) say who held it at the last try and until
+    when, as the server's refusal did; either is None when the server did not say.
+    """
+
+    def __init__(self, key: str, holder: str | None = None, expires_at: str | None = None) -> None:
+        who = f"held by {holder}" if holder else "held by someone else"
+        until = f" until {expires_at}" if expires_at else ""
+        super().__init__(f"lock {key!r} is {who}{until}")
+        self.key, self.holder, self.expires_at = key, holder, expires_at
 
 
 def classify(code: str | None, status: int | None = None) -> Action:

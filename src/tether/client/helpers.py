@@ -1,4 +1,4 @@
-"""Presence, locks and conflict-retrying updates (seed presence-locks-concurrency-ios.md), over REST."""
+"""Presence, locks and conflict-retrying updates, over REST."""
 
 from __future__ import annotations
 
@@ -97,7 +97,7 @@ class Lock:
                 return
             now = time.monotonic()
             if give_up is not None and now >= give_up:
-                raise LockTimeout(f"lock {self.key!r} is held by someone else")
+                raise LockTimeout(self.key, got.get("holder"), got.get("expires_at"))
             delay = wait.next() or 0.05
             await asyncio.sleep(delay if give_up is None else min(delay, max(give_up - now, 0.0)))
 

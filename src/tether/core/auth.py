@@ -1,4 +1,4 @@
-"""Who is calling: dev tokens, JWTs, and the server API key (SPEC §2)."""
+"""Who is calling: dev tokens, JWTs, and the server API key."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import jwt
 
@@ -44,6 +45,47 @@ class Identity:
         return self.is_server or user_id == self.user_id
 
 
+def _why(exc: Exception, algorithms: list[str]) -> str:
+    """A few words on why PyJWT refused a token (a WebSocket close reason has room for 123 bytes)."""
+    if isinstance(exc, jwt.InvalidSignatureError):
+        return "bad signature"
+    if isinstance(exc, jwt.InvalidAlgorithmError):
+        return "it is not " + "/".join(algorithms)
+    if isinstance(exc, jwt.ImmatureSignatureError):
+        return "not valid yet"
+    if isinstance(exc, jwt.DecodeError):
+        return "malformed"
+    return type(exc).__name__.removesuffix("Error")
+
+
+def load_public_key(value: str) -> tuple[Any, str]:
+    """``--jwt-public-key`` (PEM text, or the path of a PEM file) as a key and the algorithm it verifies.
+
+    Raises ValueError, saying what is wrong, for a missing file or text that is not an RSA or EC public key.
+    """
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+    from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+    text, where = value, "the PEM text"
+    if not value.lstrip().startswith("-----"):
+        path = Path(value).expanduser()
+        if not path.is_file():
+            raise ValueError(f"{value} is neither PEM text nor a file")
+        try:
+            text, where = path.read_text(), str(value)
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ValueError(f"cannot read {value} ({getattr(exc, 'strerror', None) or exc})") from None
+    try:
+        key = load_pem_public_key(text.strip().encode())
+    except (ValueError, TypeError):
+        raise ValueError(f"{where} is not a PEM public key ('-----BEGIN PUBLIC KEY-----')") from None
+    if isinstance(key, rsa.RSAPublicKey):
+        return key, "RS256"
+    if isinstance(key, ec.EllipticCurvePublicKey):
+        return key, "ES256"
+    raise ValueError(f"{where} is a {type(key).__name__}, not an RSA (RS256) or EC (ES256) public key")
+
+
 def valid_id(value: str) -> bool:
     return bool(_ID.fullmatch(value))  # fullmatch: '$' alone lets a trailing newline through
 
@@ -52,14 +94,11 @@ class Authenticator:
     def __init__(self, settings: Settings) -> None:
         self.mode = settings.auth or "dev"
         self.api_key = settings.api_key
-        self._key: str | None = settings.jwt_secret
+        self._key: Any = settings.jwt_secret
         self._algorithms = ["HS256"]
         if settings.jwt_public_key:
-            pem = settings.jwt_public_key
-            if not pem.lstrip().startswith("-----") and Path(pem).exists():
-                pem = Path(pem).read_text()
-            self._key = pem
-            self._algorithms = ["RS256", "ES256"]
+            self._key, algorithm = load_public_key(settings.jwt_public_key)
+            self._algorithms = [algorithm]
 
     def token(self, token: str | None) -> Identity:
         if not token:
@@ -71,24 +110,27 @@ class Authenticator:
                 looks_signed = token.count(".") == 2 and len(token) > 40  # a JWT sent to a dev server
                 raise TetherError(
                     "unauthorized",
-                    ("this server runs --auth dev, where a token is not a JWT but " if looks_signed else "")
-                    + "dev token must be 'userId' or 'userId:deviceId' (letters, digits, _ . @ + -, up to 128)",
+                    "this server runs --auth dev: a token is 'userId' or 'userId:deviceId', not a JWT" if looks_signed
+                    else "a dev token is 'userId' or 'userId:deviceId' (up to 128 of A-Z a-z 0-9 _ . @ + -)",
                 )
             _not_reserved(user)
             return Identity(user, device)
+        hint = "get one with `tether token`" if self._algorithms == ["HS256"] else "get one from your token issuer"
         try:
             claims = jwt.decode(
                 token, self._key, algorithms=self._algorithms, options={"require": ["sub", "exp"]}
             )
         except jwt.ExpiredSignatureError:
-            raise TetherError("unauthorized", "token expired: mint a new one") from None
-        except jwt.DecodeError as exc:
-            if token.count(".") != 2:  # e.g. a dev token ('alice:phone') sent to a JWT server
+            raise TetherError("unauthorized", f"token expired: {hint}") from None
+        except jwt.MissingRequiredClaimError as exc:
+            raise TetherError("unauthorized", f"invalid token: it has no '{exc.claim}' claim; {hint}") from None
+        except jwt.PyJWTError as exc:
+            if isinstance(exc, jwt.DecodeError) and token.count(".") != 2:  # e.g. 'alice:phone' sent to a JWT server
                 raise TetherError("unauthorized", "this server runs --auth jwt and the token is not a JWT: "
                                                   "mint one with `tether token --user <id>`") from None
-            raise TetherError("unauthorized", f"invalid token: {exc}") from None
-        except jwt.PyJWTError as exc:
-            raise TetherError("unauthorized", f"invalid token: {exc}") from None
+            # PyJWT's own text ("Invalid header string: 'utf-8' codec can't …") says little and runs long
+            raise TetherError("unauthorized", f"invalid token: not a JWT signed for this server "
+                                              f"({_why(exc, self._algorithms)}); {hint}") from None
         user, device = str(claims["sub"]), str(claims.get("device_id") or "default")
         if not valid_id(user) or not valid_id(device):
             raise TetherError("unauthorized", "token 'sub' or 'device_id' has characters outside A-Z a-z 0-9 _ . @ + -")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
 import re
 from dataclasses import dataclass, fields
@@ -126,9 +127,10 @@ class Settings:
         return types
 
     def check(self) -> None:
-        """Refuse settings that would run an open server; the message says what to set."""
+        """Refuse settings that cannot work or would run an open server; the message says what to set."""
         try:
             self.progress_rules(), self.latest_types(), self.chat_message_types()
+            self.check_numbers()
         except ValueError as exc:
             raise SystemExit(f"refusing to start: {exc}") from None
         if self.auth is None:
@@ -151,6 +153,50 @@ class Settings:
                 f"refusing to start: TETHER_JWT_SECRET is {len(self.jwt_secret.encode())} bytes; HS256 needs at least 32 "
                 "(make one with: python -c \"import secrets; print(secrets.token_urlsafe(48))\")."
             )
+
+
+    def check_numbers(self) -> None:
+        """Every numeric setting is a finite number at or above its :data:`MINIMUMS` entry."""
+        for name, minimum in MINIMUMS.items():
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(f"--{flag(name)} {value!r} is not a number")
+            if value < minimum:
+                raise ValueError(f"--{flag(name)} {value:g} cannot work: set it (or TETHER_{name.upper()}) "
+                                 f"to at least {minimum:g}")
+
+
+#: The least value of each numeric setting that still works (the port is checked on its own:
+#: 1-65535). A 0 where a count or a period belongs would close every socket at once, refuse
+#: every request or keep nothing, so these are refused at start.
+MINIMUMS: dict[str, float] = {
+    "presence_ttl": 0.5,  # seconds
+    "ping_interval": 0.5,  # seconds; a connection silent for twice this is closed
+    "max_frame_bytes": 1024,  # a CONNECT with a signed token must fit
+    "max_subscriptions": 1,
+    "rate_per_connection": 1,
+    "rate_burst": 1,
+    "rate_per_user": 1,
+    "send_queue_frames": 10,
+    "max_body_bytes": 1024,
+    "rest_rate_per_user": 1,
+    "rest_rate_burst": 1,
+    "max_streams_per_user": 1,
+    "history_size": 1,
+    "history_ttl": 1,  # seconds
+    "history_sweep": 0.1,  # seconds
+    "idempotency_ttl": 1,  # seconds
+    "device_ttl": 1,  # seconds
+    "retain_ended": 0,  # seconds; 0: forgotten as soon as it ends
+    "stream_timeout": 1,  # seconds
+    "drain_timeout": 1,  # seconds
+    "drain_delay": 0,  # seconds
+}
+
+
+def flag(name: str) -> str:
+    """``presence_ttl`` -> ``presence-ttl``."""
+    return name.replace("_", "-")
 
 
 _TYPE = re.compile(r"^[A-Z][A-Z0-9_]{0,63}$")

@@ -201,7 +201,7 @@ class Connection:
 
     def close(self, code: int, reason: str) -> None:
         if self.close_code is None:
-            self.close_code, self.close_reason = code, reason[:120]
+            self.close_code, self.close_reason = code, protocol.close_reason(reason)
             self._pending.clear()  # what is queued still goes, before the close frame (ERRORs say why)
             self._signal()
             self.node.metrics.disconnects.labels(reason.split(":")[0]).inc()

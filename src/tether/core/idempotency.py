@@ -37,6 +37,8 @@ from tether.wire.jsonutil import dumps, loads
 if TYPE_CHECKING:
     from tether.core.auth import Identity
 
+MAX_KEY = 200  # characters of an Idempotency-Key (REST header) or idempotency_key (WS data)
+
 SCHEMA = [
     """CREATE TABLE IF NOT EXISTS idempotency (
         scope TEXT NOT NULL,
@@ -163,8 +165,8 @@ class Idempotency:
         retry gets its answer and applies nothing twice; unless it said its writes may
         be repeated (:func:`rerun_on_failure`) and failed: then the retry runs again.
         """
-        if not isinstance(key, str) or not 1 <= len(key) <= 200:
-            raise bad_request("'idempotency_key' must be a string of 1-200 characters")
+        if not isinstance(key, str) or not 1 <= len(key) <= MAX_KEY:
+            raise bad_request(f"'idempotency_key' must be a string of 1-{MAX_KEY} characters")
         ident = (scope, key)
         keeper: asyncio.Task[None] | None = None
         entry = self._inflight.get(ident)

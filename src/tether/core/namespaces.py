@@ -1,4 +1,4 @@
-"""Channel namespaces: which rules apply to a channel name (SPEC §3).
+"""Channel namespaces: which rules apply to a channel name.
 
 A namespace is matched by an ``fnmatch`` pattern (``public.*``, ``users.*``,
 ``admin``). The first match wins, so operator overrides (``--channels-file``)
@@ -131,6 +131,11 @@ def load_overrides(path: Path) -> list[Namespace]:
         for key in ("subscribe", "publish"):
             if item.get(key, "any") not in RULE_NAMES:
                 raise SystemExit(f"channels file {path}: {key} must be one of {', '.join(RULE_NAMES)}")
+        size, ttl = item.get("history_size", 0), item.get("history_ttl", 1)
+        if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+            raise SystemExit(f"channels file {path}: {item['pattern']}: history_size must be a whole number, 0 or more")
+        if isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or not ttl > 0 or ttl == float("inf"):
+            raise SystemExit(f"channels file {path}: {item['pattern']}: history_ttl must be a number of seconds above 0")
         out.append(Namespace(**{k: v for k, v in item.items() if k in Namespace.__dataclass_fields__ and not k.startswith("_")}))
     return out
 

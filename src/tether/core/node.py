@@ -108,6 +108,33 @@ class Node:
         raise LookupError(cls.__name__)
 
     async def start(self) -> None:
+        try:
+            await self._start()
+        except BaseException:
+            await self._abandon_start()  # an open database or client left behind would keep the process alive
+            raise
+
+    async def _abandon_start(self) -> None:
+        """Close whatever a failed :meth:`start` had opened, each step on its own."""
+        if self._keepalive_task:
+            self._keepalive_task.cancel()
+        steps: list[Callable[[], Awaitable[Any]]] = [f.stop for f in reversed(self.features)]
+        for name in ("outbox", "broker", "db"):
+            part = self.__dict__.get(name)
+            if part is not None:
+                steps.append(part.stop if name == "outbox" else part.close)
+        steps.append(lambda: self.access.stop())
+        if self.redis is not None:
+            steps.append(self.redis.aclose)
+        for step in steps:
+            try:
+                result = step()
+                if asyncio.iscoroutine(result) or isinstance(result, asyncio.Future):
+                    await asyncio.wait_for(result, 5)
+            except Exception:  # already failing: what could be closed is closed, the first error is the one raised
+                log.debug("closing after a failed start", exc_info=True)
+
+    async def _start(self) -> None:
         s = self.settings
         self.db = await open_database(s.database_url, s.data_dir)
         if s.redis_url:

@@ -1,4 +1,4 @@
-"""Multi-device sync (SPEC §3, §4.5): which devices of a user are online, and telling the others.
+"""Multi-device sync: which devices of a user are online, and telling the others.
 
 A device is online while it has at least one connection (two tabs of one
 device are one device). Its first open sends ``DEVICE_CONNECTED`` and its last

@@ -1,10 +1,10 @@
-"""Server-pushed typed events and retained state (SPEC §3 UPDATE_PROGRESS, §4.5).
+"""Server-pushed typed events (``UPDATE_PROGRESS`` computed into ``SHOOT_PROGRESS``, REST pushes) and retained state.
 
 Every event goes to ``users.{userId}`` through ``node.publish``. Some are also
 *retained*, so a device that connects later gets the current state right after
 ``CONNECTED`` instead of waiting for the next update: progress events per id
 (until ``retain_ended`` s after they completed or failed: the generic
-``PROGRESS {id, status, done, total}``, the seed's ``SHOOT_PROGRESS`` per
+``PROGRESS {id, status, done, total}``, the photo-shoot ``SHOOT_PROGRESS`` per
 ``shootId``, and any type added with ``--retained-progress``), the latest of each
 ``--retained-latest`` type (``CREDIT_UPDATE``), and the latest of any other type
 pushed with ``retain: true``. The retained store is SQL on the embedded default and Redis
@@ -47,7 +47,7 @@ RESERVED = protocol.PROTOCOL_TYPES | frozenset({
 
 def shoot_progress(data: Any) -> dict[str, Any]:
     """Validate an ``UPDATE_PROGRESS`` (or pushed ``SHOOT_PROGRESS``) payload into a ``SHOOT_PROGRESS`` one,
-    fields named as the seed's Swift ``ShootProgressPayload`` decodes them."""
+    fields named as an iOS app's ``ShootProgressPayload`` (Swift ``Codable``) decodes them."""
     if not isinstance(data, dict):
         raise bad_request("data must be an object {shootId, processedCount, totalCount, …}")
     shoot = data.get("shootId")
@@ -247,7 +247,7 @@ class EventsFeature(Feature):
                 conn.send(protocol.frame(type, data, retained=True))
 
     async def update_progress(self, conn: "Connection", data: dict[str, Any]) -> Any:
-        """The seed's ``{shootId, …}`` becomes ``SHOOT_PROGRESS``; the generic ``{id, done, total, status?}``
+        """A photo shoot's ``{shootId, …}`` becomes ``SHOOT_PROGRESS``; the generic ``{id, done, total, status?}``
         (no ``shootId``) becomes ``PROGRESS``."""
         if "shootId" not in data and "id" in data:
             generic = progress({k: v for k, v in data.items() if k not in ("idempotency_key", "channel")})

@@ -1,4 +1,4 @@
-"""Edit locks with fencing tokens (SPEC §4.2), over REST and WebSocket requests.
+"""Edit locks with fencing tokens, over REST and WebSocket requests.
 
 A lock is (key -> token, holder, fencing token, expiry). The token is the
 capability: only it extends or releases. ``fencing_token`` strictly increases
@@ -571,7 +571,7 @@ class LocksFeature(Feature):
         for key, token in list(conn.state.get("locks", {}).items()):
             await self.release(key, token)
 
-    # -- REST (the seed's paths and shapes) ------------------------------------------
+    # -- REST (the documented paths and shapes)------------------------------------------
 
     def router(self) -> APIRouter:
         router = APIRouter(tags=["locks"])

@@ -1,4 +1,4 @@
-"""Presence (SPEC §4.1): who is in a key, by REST heartbeat or WebSocket subscription.
+"""Presence: who is in a key, by REST heartbeat or WebSocket subscription.
 
 One set per key, whichever way users arrive. A member is a user; a user is
 present while at least one *source* of theirs is alive: a REST heartbeat
@@ -395,7 +395,7 @@ class PresenceFeature(Feature):
         self._local.pop((key, conn.user_id, source), None)
         await self.leave(key, conn.user_id, source)
 
-    # -- REST (the seed's paths and shapes) ----------------------------------------------
+    # -- REST (the documented paths and shapes)----------------------------------------------
 
     def router(self) -> APIRouter:
         router = APIRouter(tags=["presence"])

@@ -1,4 +1,4 @@
-"""Live sessions (SPEC §4.4): rooms with a host, participants and chat, updated live.
+"""Live sessions: rooms with a host, participants and chat, updated live.
 
 :class:`Sessions` is the domain: SQL and its events through ``node.change()``
 (an event commits with the change it announces), nothing else. REST routes and WebSocket ops are thin adapters
@@ -41,7 +41,7 @@ from tether.core.node import Feature
 from tether.core.outbox import Change
 from tether.features.rest import Caller, JsonInt, NodeDep
 from tether.storage.database import Queries, Row
-from tether.wire.errors import TetherError, forbidden, not_found
+from tether.wire.errors import TetherError, forbidden, not_found, shown
 from tether.wire.jsoncheck import INT_MAX
 from tether.wire.jsonutil import dumps, loads
 from tether.wire.timestamps import precise_now, wire
@@ -291,7 +291,7 @@ class Sessions:
 
     @staticmethod
     def actor(who: Identity, user_id: str | None) -> str:
-        """SPEC §2: a body ``user_id`` must be the caller's own, unless the caller holds the API key."""
+        """A body ``user_id`` must be the caller's own, unless the caller holds the API key."""
         if user_id is None or user_id == who.user_id:
             return who.user_id
         if not who.is_server:
@@ -301,6 +301,9 @@ class Sessions:
         return user_id
 
     async def _access(self, q: Queries, who: Identity, sid: str, user: str | None = None) -> Access:
+        if not valid_id(sid):
+            raise TetherError("bad_request", f"session_id {shown(sid)} is not a session id "
+                              "(1-128 of A-Z a-z 0-9 _ . @ + -)", field="session_id")
         user = user or who.user_id
         s = await q.fetchone("SELECT * FROM sessions WHERE id = ?", sid)
         if s is not None:
@@ -310,7 +313,7 @@ class Sessions:
             access = Access(who, user, s, part, inv is not None)
             if access.visible:
                 return access
-        raise not_found(f"no session {sid!r}")
+        raise not_found(f"no session {shown(sid)}")
 
     async def _system(self, q: Queries, sid: str, text: str) -> dict[str, Any]:
         return await self._insert_message(q, sid, None, "System", text, "system")

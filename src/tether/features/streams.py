@@ -1,4 +1,4 @@
-"""Streamed content (SPEC §4.6): growing text (an AI answer) on a channel, seen live by every subscriber.
+"""Streamed content: growing text (an AI answer) on a channel, seen live by every subscriber.
 
 A writer sends ``STREAM_START {channel, data?, stream_id?}``, any number of
 ``STREAM_DELTA {stream_id, delta}`` and ``STREAM_END {stream_id, content?}``.
@@ -42,7 +42,7 @@ from tether.core.node import Feature
 from tether.core.sinks import StreamSink
 from tether.features.rest import Caller, NodeDep
 from tether.wire import protocol
-from tether.wire.errors import TetherError, bad_request, forbidden, not_found
+from tether.wire.errors import TetherError, bad_request, forbidden, not_found, shown
 from tether.wire.jsonutil import dumps, loads
 from tether.wire.timestamps import iso
 
@@ -160,7 +160,7 @@ class StreamsFeature(Feature):
         if live is None:
             row = await self.node.db.fetchone("SELECT status FROM streams WHERE stream_id = ?", stream_id)
             if row is None:
-                raise not_found(f"no stream {stream_id!r}")
+                raise not_found(f"no stream {shown(stream_id)}")
             if row["status"] != "streaming":
                 raise TetherError("conflict", f"stream {stream_id!r} is already {row['status']}", stream_status=row["status"])
             raise TetherError("conflict", f"stream {stream_id!r} is written through another server node")
@@ -314,7 +314,7 @@ class StreamsFeature(Feature):
             """A stream's stored content and status (for whoever may subscribe to its channel)."""
             row = await node.db.fetchone("SELECT * FROM streams WHERE stream_id = ?", stream_id)
             if row is None:
-                raise not_found(f"no stream {stream_id!r}")
+                raise not_found(f"no stream {shown(stream_id)}")
             await node.namespaces.may_subscribe(who, row["channel"])
             return {"stream_id": row["stream_id"], "channel": row["channel"], "user_id": row["user_id"],
                     "device_id": row["device_id"], "data": loads(row["meta"]), "content": row["content"],

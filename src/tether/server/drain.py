@@ -147,5 +147,10 @@ def run(app: Any, *, drain_timeout: float, drain_delay: float, **options: Any) -
     config = uvicorn.Config(app, **options)
     server = DrainingServer(config, app.state.node, drain_timeout, drain_delay)
     server.run()
-    if not server.started:
-        sys.exit(3)  # uvicorn's STARTUP_FAILURE: it has logged why
+    if not server.started:  # uvicorn has logged why
+        # Exit now, with uvicorn's STARTUP_FAILURE code: a thread a failed start left running
+        # (a database driver's, a client's) must not keep the process alive.
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(3)

@@ -19,6 +19,7 @@ from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 
 from tether.core.auth import ID_PATTERN
+from tether.core.idempotency import MAX_KEY
 from tether.wire.errors import STATUS
 from tether.wire.protocol import CHANNEL_RE
 
@@ -60,6 +61,11 @@ PATH_PATTERNS = {
     "key": CHANNEL_RE.pattern,
     "user_id": ID_PATTERN,
     "stream_id": ID_PATTERN,
+    "session_id": ID_PATTERN,
+}
+# Headers whose bounds a feature checks itself (answering 400), by lower-case name.
+HEADER_BOUNDS = {
+    "idempotency-key": {"minLength": 1, "maxLength": MAX_KEY},
 }
 
 SECURITY_SCHEMES = {
@@ -153,6 +159,8 @@ def enrich(schema: dict[str, Any]) -> dict[str, Any]:
                 pattern = PATH_PATTERNS.get(param["name"])
                 if param.get("in") == "path" and pattern and "pattern" not in param.get("schema", {}):
                     param["schema"]["pattern"] = pattern
+                if param.get("in") == "header":
+                    param["schema"].update(HEADER_BOUNDS.get(param["name"].lower(), {}))
             for status, description in ERRORS.items():
                 if status == "412" and "if-match" not in headers:
                     continue

@@ -19,19 +19,57 @@ ALLOW_HEADERS = ["Authorization", "Content-Type", "X-API-Key", "If-Match", "If-N
 EXPOSE_HEADERS = ["ETag", "Location", "Retry-After"]
 
 
+DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
 def parse(value: str | None) -> list[str]:
-    """``"https://a.example, https://b.example"`` -> the origins, without trailing slashes."""
-    return [o.strip().rstrip("/") for o in (value or "").split(",") if o.strip()]
+    """``"https://a.example, HTTPS://B.example:443/"`` -> the origins as browsers send them
+    (``https://a.example``, ``https://b.example``); an entry that is not an origin is kept as written."""
+    listed = []
+    for entry in (value or "").split(","):
+        entry = entry.strip()
+        if entry:
+            try:
+                listed.append(normalize(entry))
+            except ValueError:
+                listed.append(entry)
+    return listed
 
 
-def invalid(origins: Iterable[str]) -> str | None:
-    """The first listed origin that is not ``*`` or ``scheme://host[:port]``, if any."""
+def normalize(origin: str) -> str:
+    """``origin`` as a browser sends it in ``Origin``: lower-case scheme and host, no default port,
+    no trailing slash. ValueError, saying why, for what no browser would ever send."""
+    if origin == "*":
+        return origin
+    parts = urlsplit(origin.rstrip("/"))
+    scheme = parts.scheme.lower()
+    if scheme not in DEFAULT_PORTS or not parts.netloc:
+        raise ValueError("is not an http:// or https:// origin")
+    if "*" in origin:
+        raise ValueError("has a wildcard, which matches nothing: list each origin (only a lone '*' means any)")
+    if "@" in parts.netloc:
+        raise ValueError("has user info, which browsers never send")
+    if parts.path or parts.query or parts.fragment or origin.rstrip("/").endswith(("?", "#")):
+        raise ValueError("has a path, query or fragment, which browsers never send")
+    try:
+        port = parts.port
+    except ValueError:
+        raise ValueError("has a port outside 0-65535") from None
+    host = (parts.hostname or "").lower()
+    if not host or any(c.isspace() for c in host):
+        raise ValueError("has no host")
+    if ":" in host:
+        host = f"[{host}]"
+    return f"{scheme}://{host}" + (f":{port}" if port is not None and port != DEFAULT_PORTS[scheme] else "")
+
+
+def invalid(origins: Iterable[str]) -> tuple[str, str] | None:
+    """The first listed entry that is not ``*`` or an origin, and why, if any."""
     for origin in origins:
-        if origin == "*":
-            continue
-        parts = urlsplit(origin)
-        if parts.scheme not in ("http", "https") or not parts.netloc or parts.path or parts.query:
-            return origin
+        try:
+            normalize(origin)
+        except ValueError as exc:
+            return origin, str(exc)
     return None
 
 

@@ -18,6 +18,7 @@ from typing import IO
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from tether import __version__
+from tether.core.auth import load_public_key
 from tether.core.config import Settings, mask_url
 from tether.core.namespaces import load_overrides
 from tether.server import origins
@@ -35,6 +36,7 @@ class Refused(SystemExit):
 
     def __init__(self, message: str) -> None:
         super().__init__(f"refusing to start: {message}")
+        self.reason = message  # what is wrong, for commands other than serve
 
 
 mask = mask_url  # banners and messages show URLs with their secrets masked
@@ -76,6 +78,26 @@ def check_data_dir(data_dir: Path) -> None:
         raise Refused(f"--data-dir {data_dir} cannot be created: {parent} is not writable; pick another --data-dir")
 
 
+SQLITE_FILE = "tether.sqlite3"
+SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def check_database_file(data_dir: Path) -> None:
+    """The data dir's database, if there is one yet, is an SQLite file we can read and write."""
+    path = data_dir.expanduser().absolute() / SQLITE_FILE
+    if not os.path.lexists(path):
+        return
+    where = data_dir / SQLITE_FILE
+    if not path.is_file():
+        raise Refused(f"{where} is not a file: move it away, or pick another --data-dir")
+    if not os.access(path, os.R_OK | os.W_OK):
+        raise Refused(f"{where} is not readable and writable by this user: fix its permissions")
+    with open(path, "rb") as f:
+        head = f.read(len(SQLITE_HEADER))
+    if head and head != SQLITE_HEADER:  # an empty file is a new database to SQLite
+        raise Refused(f"{where} is not an SQLite database: move it away, or pick another --data-dir")
+
+
 def _read_only(path: Path) -> bool:
     try:
         return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
@@ -98,9 +120,21 @@ def check_cors(settings: Settings) -> None:
     listed = origins.parse(settings.cors_origins)
     bad = origins.invalid(listed)
     if bad is not None:
-        raise Refused(f"--cors-origins entry {bad!r} is not an origin: write scheme://host[:port], e.g. https://app.example.com")
+        raise Refused(f"--cors-origins entry {bad[0]!r} {bad[1]}: write scheme://host[:port], e.g. https://app.example.com")
     if "*" in listed and (settings.auth or "dev") != "dev":
         raise Refused("--cors-origins '*' lets any web page use a signed-in user's token: list your app's origins instead")
+
+
+def check_jwt(settings: Settings) -> None:
+    """One way to check tokens, and a public key that loads."""
+    if settings.jwt_secret and settings.jwt_public_key:
+        raise Refused("both TETHER_JWT_SECRET (HS256) and TETHER_JWT_PUBLIC_KEY (RS256/ES256) are set: "
+                      "pick one and unset the other")
+    if settings.jwt_public_key:
+        try:
+            load_public_key(settings.jwt_public_key)
+        except ValueError as exc:
+            raise Refused(f"--jwt-public-key: {exc}; pass an RSA or EC public key in PEM, or its file") from None
 
 
 def check_listen(host: str, port: int) -> None:
@@ -157,9 +191,11 @@ def check(settings: Settings, *, listen: bool = True) -> None:
         raise Refused(f"--port {settings.port} is outside 1-65535")
     settings.database_url = normalize_database_url(settings.database_url)
     check_redis_url(settings.redis_url)
+    check_jwt(settings)
     check_cors(settings)
     if not settings.database_url:
         check_data_dir(settings.data_dir)
+        check_database_file(settings.data_dir)
     check_channels_file(settings.channels_file)
     if listen:
         check_listen(settings.host, settings.port)

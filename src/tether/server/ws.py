@@ -20,7 +20,7 @@ from tether.server import origins
 from tether.server.http import error_body
 from tether.server.wsproto import DRAINING, EXTENSION
 from tether.wire.errors import TetherError
-from tether.wire.protocol import CLOSE_TOO_LARGE, CLOSE_UNAUTHORIZED
+from tether.wire.protocol import CLOSE_TOO_LARGE, CLOSE_UNAUTHORIZED, close_reason
 
 log = logging.getLogger("tether.ws")
 
@@ -46,7 +46,7 @@ async def serve(websocket: WebSocket) -> None:
             websocket.query_params.get("api_key"),
         )
     except TetherError as exc:
-        await websocket.close(CLOSE_UNAUTHORIZED, f"unauthorized: {exc.message}"[:120])
+        await websocket.close(CLOSE_UNAUTHORIZED, close_reason(f"unauthorized: {exc.message}"))
         return
     conn = Connection(node, identity)
     await node.open(conn)

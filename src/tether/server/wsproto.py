@@ -31,7 +31,7 @@ from tether.core.connection import Connection
 from tether.server import origins
 from tether.server.native import LINGER, NativeSocket, frame
 from tether.wire.errors import TetherError
-from tether.wire.protocol import CLOSE_UNAUTHORIZED
+from tether.wire.protocol import CLOSE_UNAUTHORIZED, close_reason
 
 NATIVE_PATH = "/ws"
 
@@ -108,7 +108,7 @@ class TetherWebSocketProtocol(WebSocketsSansIOProtocol):
             identity = node.auth.headers(request.headers.get("authorization"), request.headers.get("x-api-key"), token,
                                          params.get("api_key", [None])[-1])
         except TetherError as exc:  # as the ASGI path: accept, then close with 4001 and the reason
-            self.conn.send_close(CLOSE_UNAUTHORIZED, f"unauthorized: {exc.message}"[:120])
+            self.conn.send_close(CLOSE_UNAUTHORIZED, close_reason(f"unauthorized: {exc.message}"))
             self.transport.write(b"".join(self.conn.data_to_send()))
             self.close_sent = True
             self.close_timer = self.loop.call_later(self.close_timeout, self.transport.close)

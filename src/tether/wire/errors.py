@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-#: Error code -> default HTTP status. The codes are the contract (SPEC §3).
+#: Error code -> default HTTP status. Clients act on the codes (WS ``ERROR`` and REST ``{"error": {code}}``): they never change.
 STATUS = {
     "bad_request": 400,
     "unauthorized": 401,
@@ -47,3 +47,16 @@ def forbidden(message: str) -> TetherError:
 
 def not_found(message: str) -> TetherError:
     return TetherError("not_found", message)
+
+
+#: Characters of a caller's value that an error message repeats; the rest is elided.
+ECHO_LIMIT = 64
+
+
+def shown(value: object, limit: int = ECHO_LIMIT) -> str:
+    """``repr(value)`` for a message, cut to ``limit`` characters, saying how long the value was."""
+    text = repr(value)
+    if len(text) <= limit:
+        return text
+    size = f" ({len(value)} characters)" if isinstance(value, str) else ""
+    return text[:limit] + "…" + size

@@ -1,4 +1,4 @@
-"""The wire format (SPEC §3), free of any I/O: parse client frames, build server frames.
+"""The WebSocket wire format, free of any I/O: parse client frames, build server frames.
 
 Every frame is ``{"type", "data", "id"?, "channel"?, "offset"?}`` as JSON text.
 Server events are encoded once, as text, and the same text goes to every
@@ -28,6 +28,16 @@ CLOSE_TOO_LARGE = 1009
 CLOSE_SHUTDOWN = 1001
 CLOSE_RESTART = 1012  # the node drains: reconnect now (with jitter), to another node
 CLOSE_OPERATOR = 4100  # an operator disconnected this user: DISCONNECT {reason, reconnect} came first
+MAX_CLOSE_REASON = 123  # bytes of UTF-8 a WebSocket close frame has room for (RFC 6455 5.5)
+
+
+def close_reason(text: str, limit: int = MAX_CLOSE_REASON) -> str:
+    """``text`` cut to fit a close frame, at a word boundary with an ellipsis, never mid-character."""
+    if len(text.encode()) <= limit:
+        return text
+    cut = text.encode()[:limit - len("…".encode())].decode(errors="ignore")
+    head, space, _ = cut.rpartition(" ")
+    return (head if space and len(head) > limit // 2 else cut).rstrip(" ,;:(") + "…"
 
 #: Frame types of the protocol itself: a client may never receive one from a publisher
 #: (a user publishes only PUBLICATION; the API key any type but these).

@@ -1,4 +1,4 @@
-"""Versioned JSON documents in collections (SPEC §4.3): REST, WebSocket requests, events.
+"""Versioned JSON documents in collections: REST, WebSocket requests, events.
 
 :class:`Documents` is the domain (SQL through ``node.db``, events through
 ``node.publish``); the REST routes and ``DOCUMENT_*`` ops are thin adapters
@@ -41,7 +41,7 @@ from tether.features.documents.access import (
     scope_channels,
 )
 from tether.features.rest import Caller, JsonVersion, NodeDep
-from tether.wire.errors import TetherError, forbidden
+from tether.wire.errors import TetherError, forbidden, shown
 from tether.wire.jsoncheck import INT_MAX
 from tether.wire.jsonutil import dumps, loads
 from tether.wire.timestamps import now_iso
@@ -271,7 +271,7 @@ class Documents:
         """The document, or 404 whether it is missing or hidden (no existence leak)."""
         doc = await self.load(collection, doc_id)
         if doc is None or not may_read(who, grant_of(doc)):
-            raise TetherError("not_found", f"no document {doc_id!r} in collection {collection!r}")
+            raise TetherError("not_found", f"no document {shown(doc_id)} in collection {shown(collection)}")
         return doc
 
     def _new_grant(self, who: Identity, old: Grant, body: _Body) -> Grant:
