@@ -323,6 +323,17 @@ async def test_message_history_pages_both_ways_by_stable_cursor(shared_server) -
         assert got == [f"n{i}" for i in range(25)] + ["late"]
         both = (await h.get(f"/api/sessions/{sid}/messages", params={"after": seqs[2], "before": seqs[6]})).json()
         assert [m["seq"] for m in both["messages"]] == seqs[3:6]
+        # A message's id is a cursor too: the same pages as by its seq.
+        ids = [m["id"] for m in oldest["messages"] + older["messages"] + newest["messages"]]
+        by_id = (await h.get(f"/api/sessions/{sid}/messages", params={"after": ids[2], "before": ids[6]})).json()
+        assert [m["seq"] for m in by_id["messages"]] == seqs[3:6]
+        page = (await h.get(f"/api/sessions/{sid}/messages", params={"limit": 10, "before": newest["messages"][0]["id"]})).json()
+        assert [m["message"] for m in page["messages"]] == [f"n{i}" for i in range(5, 15)]
+        r = await h.get(f"/api/sessions/{sid}/messages", params={"before": "no-such-message"})
+        assert r.status_code == 422 and "before" in r.json()["error"]["message"]
+        for bad in ("", "a b", "x" * 129, str(2**64)):
+            r = await h.get(f"/api/sessions/{sid}/messages", params={"after": bad})
+            assert r.status_code in (400, 422), (bad, r.text)
 
 
 async def test_browse_search_filters_and_pagination(shared_server) -> None:

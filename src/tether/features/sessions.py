@@ -24,6 +24,7 @@ from fastapi import APIRouter, Header, Query
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     StrictBool,
@@ -200,10 +201,17 @@ class ListQuery(BaseModel):
     after: Annotated[str, StringConstraints(max_length=200)] | None = None
 
 
+CURSOR_PATTERN = r"^[A-Za-z0-9_.@+\-]+$"
+# JSON (a WebSocket request) may give a seq as a number.
+Cursor = Annotated[str, BeforeValidator(lambda v: str(v) if type(v) is int else v),
+                   StringConstraints(min_length=1, max_length=128, pattern=CURSOR_PATTERN)]
+
+
 class MessagesQuery(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    before: Annotated[int, Field(ge=0, le=INT_MAX)] | None = None  # SQL integers are 64-bit
-    after: Annotated[int, Field(ge=0, le=INT_MAX)] | None = None
+    # A cursor is a message's seq, or its id (the page then starts next to that message).
+    before: Cursor | None = None
+    after: Cursor | None = None
     limit: Annotated[int, Field(ge=1, le=200)] = 50
 
 
@@ -651,10 +659,10 @@ class Sessions:
         where, args = ["m.session_id = ?"], [sid]
         if query.after is not None:
             where.append("m.seq > ?")
-            args.append(query.after)
+            args.append(await self._cursor(sid, "after", query.after))
         if query.before is not None:
             where.append("m.seq < ?")
-            args.append(query.before)
+            args.append(await self._cursor(sid, "before", query.before))
         order = "ASC" if query.after is not None else "DESC"
         rows = await self.node.db.fetchall(
             f"""SELECT m.*, x.stream_id FROM session_messages m
@@ -666,6 +674,20 @@ class Sessions:
         if order == "DESC":
             rows.reverse()
         return {"messages": [message_out(r) for r in rows], "has_more": more}
+
+    async def _cursor(self, sid: str, field: str, cursor: str) -> int:
+        """A page cursor as a seq: a seq itself, or the seq of the message with that id."""
+        if cursor.isdigit():
+            seq = int(cursor)
+            if seq > INT_MAX:
+                raise TetherError("bad_request", f"{field}: a seq is at most {INT_MAX}", status=422, field=field)
+            return seq
+        row = await self.node.db.fetchone(
+            "SELECT seq FROM session_messages WHERE session_id = ? AND id = ?", sid, cursor)
+        if row is None:
+            raise TetherError("bad_request", f"{field}: no message of this session has the id {cursor[:64]!r} "
+                                             "(give a message's seq or id)", status=422, field=field)
+        return int(row["seq"])
 
     async def may_subscribe(self, who: Identity, channel: str) -> None:
         if who.is_server:
@@ -834,9 +856,14 @@ class SessionsFeature(Feature):
         router.post("/{session_id}/messages", status_code=201)(post)
 
         @router.get("/{session_id}/messages")
-        async def messages(session_id: str, who: Caller, before: int | None = Query(None, ge=0),
-                           after: int | None = Query(None, ge=0), limit: int = Query(50, ge=1, le=200)) -> dict[str, Any]:
-            """Oldest first. ``before``/``after`` take a message ``seq``: older or newer pages, stable under new posts."""
+        async def messages(session_id: str, who: Caller,
+                           before: str | None = Query(None, min_length=1, max_length=128, pattern=CURSOR_PATTERN,
+                                                      description="a message's seq or id: the page before it"),
+                           after: str | None = Query(None, min_length=1, max_length=128, pattern=CURSOR_PATTERN,
+                                                     description="a message's seq or id: the page after it"),
+                           limit: int = Query(50, ge=1, le=200)) -> dict[str, Any]:
+            """Oldest first. ``before``/``after`` take a message's ``seq`` or ``id``: older or newer pages,
+            stable under new posts."""
             query = validate(MessagesQuery, {k: v for k, v in dict(before=before, after=after, limit=limit).items() if v is not None})
             return await d.messages(who, session_id, query)
 
