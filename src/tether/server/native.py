@@ -196,6 +196,11 @@ class NativeSocket(asyncio.Protocol):
             return
         self._write_output()
         self._close_timer = self._loop.call_later(CLOSE_TIMEOUT, self.transport.close)
+        if self._reading_paused:  # paused behind a flood, we would never read the peer's close reply
+            self._reading_paused = False
+            if self._inbox is not None:
+                self._inbox.clear()  # nothing more is handled once the connection closes
+            self.transport.resume_reading()
 
     def _write_output(self) -> None:
         for data in self.ws.data_to_send():
