@@ -36,7 +36,12 @@ export class Failed extends ClientError {}
 export class Conflict extends ClientError {}
 
 /** lock() could not acquire the lock within its timeout. */
-export class LockTimeout extends ClientError {}
+/** A lock could not be had in time: who holds it, and until when (as the server said). */
+export class LockTimeout extends ClientError {
+  constructor(message: string, readonly holder: string | null = null, readonly expiresAt: string | null = null) {
+    super(message);
+  }
+}
 
 export function classify(code?: string | null, status?: number | null): Action {
   if (code === "unauthorized" || status === 401) return "reauth";

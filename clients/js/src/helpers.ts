@@ -111,7 +111,9 @@ export class Lock {
         return;
       }
       const now = Date.now();
-      if (now >= giveUp) throw new LockTimeout(`lock ${this.key} is held by ${got.holder ?? "someone else"}`);
+      if (now >= giveUp) throw new LockTimeout(
+          `lock ${this.key} is held by ${got.holder ?? "someone else"}${got.expires_at ? ` until ${got.expires_at}` : ""}`,
+          got.holder ?? null, got.expires_at ?? null);
       await sleep(Math.min((wait.next() ?? 0.05) * 1000, giveUp - now));
     }
   }

@@ -1,6 +1,6 @@
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { Client, ServerError, Conflict, Disconnected } from "../dist/index.js";
+import { Client, ServerError, Conflict, Disconnected, LockTimeout } from "../dist/index.js";
 import { Server, WebSocket, until, API_KEY, clientPool } from "./server.mjs";
 
 let server;
@@ -118,7 +118,9 @@ test("a lock is held and extended across 3x its TTL; the fencing token rises on 
   assert.ok(first >= 1);
   const until3 = Date.now() + 3000;
   while (Date.now() < until3) {
-    await assert.rejects(b.lock("doc-l", { ttl: 1 }), /held/);
+    // The refusal says who holds it and until when.
+    await assert.rejects(b.lock("doc-l", { ttl: 1 }), (err) =>
+      err instanceof LockTimeout && err.holder === "gina" && /Z$/.test(err.expiresAt) && /held by gina until/.test(err.message));
     await new Promise((r) => setTimeout(r, 300));
   }
   assert.equal(lost, false);
