@@ -210,3 +210,24 @@ async def test_server_killed_while_publishing_and_writing_documents(server_facto
     await eventually(lambda: len(seen) >= N)
     assert seen == list(range(N))
     await c.close()
+
+
+async def test_watch_keeps_what_it_may_read_across_offset_gaps(shared_server: ServerProcess) -> None:
+    """collections.{c} skips the changes of documents bob may not read: his client takes each gap
+    for a missed event, recovers it, and still applies every change he may read."""
+    col = "gaps" + os.urandom(4).hex()
+    bob = client(shared_server, "bob:phone")
+    await bob.connect()
+    notes = bob.documents(col)
+    await notes.watch()
+    async with httpx.AsyncClient(base_url=shared_server.url, headers={"Authorization": "Bearer alice"}) as alice:
+        for doc_id, access in [("x", "private"), ("y", "public"), ("z", "private"), ("w", "public")]:
+            r = await alice.post(DOCS.format(collection=col), json={"id": doc_id, "data": {}, "access": access})
+            assert r.status_code == 201, r.text
+        r = await alice.patch(DOCS.format(collection=col) + "/x", json={"data": {"n": 1}})
+        assert r.status_code == 200
+        r = await alice.patch(DOCS.format(collection=col) + "/y", json={"data": {"n": 2}})
+        assert r.status_code == 200
+    await eventually(lambda: (notes.local("y") or {}).get("data") == {"n": 2} and notes.local("w") is not None)
+    assert notes.local("x") is None and notes.local("z") is None
+    await bob.close()

@@ -175,6 +175,29 @@ async def test_document_version_conflicts_across_nodes(cluster: Cluster) -> None
     await watcher.close()
 
 
+async def test_collection_channel_filters_per_reader_across_nodes(cluster: Cluster) -> None:
+    """The Redis fan-out ends in each node's per-recipient filter: bob on another node gets only
+    what he may read of the collection, live and in recovery; its owner gets everything."""
+    a, b, c = cluster.nodes
+    col = unique("notes")
+    ch = f"collections.{col}"
+    bob = await WsClient.connect(b, "bob")
+    owner = await WsClient.connect(c, "alice")
+    start = await bob.request("SUBSCRIBE", {"channel": ch})
+    await owner.request("SUBSCRIBE", {"channel": ch})
+    async with a.http("alice") as ha:
+        assert (await ha.post(f"/api/collections/{col}/documents", json={"id": "secret", "data": {}})).status_code == 201
+        assert (await ha.post(f"/api/collections/{col}/documents",
+                              json={"id": "open", "data": {}, "access": "public"})).status_code == 201
+    assert [(await owner.next(channel=ch))["data"]["id"] for _ in range(2)] == ["secret", "open"]
+    shown = await bob.next(channel=ch)
+    assert shown["data"]["id"] == "open" and shown["offset"] == start["offset"] + 2
+    await bob.nothing(channel=ch, wait=0.5)
+    ack = await bob.request("SUBSCRIBE", {"channel": ch, "since": {"offset": start["offset"], "epoch": start["epoch"]}})
+    assert ack["recovered"] is True and [e["data"]["id"] for e in ack["publications"]] == ["open"]
+    await bob.close(); await owner.close()
+
+
 async def test_every_feature_key_lives_under_the_redis_prefix(cluster: Cluster) -> None:
     """Services (and tests) sharing one Redis are separated by TETHER_REDIS_PREFIX alone."""
     a, b, _ = cluster.nodes

@@ -6,8 +6,9 @@ import asyncio
 import random
 
 import pytest
+import websockets
 
-from tests.helpers import RequestFailed, WsClient
+from tests.helpers import API_KEY, RequestFailed, WsClient
 from tests.services import need_postgres, unique, with_query
 
 
@@ -205,7 +206,7 @@ async def test_events_on_document_and_collection_channels(shared_server) -> None
     await bob.request("SUBSCRIBE", {"channel": f"collections.{c}"})
     await alice.request("SUBSCRIBE", {"channel": f"collections.{c}.users.alice"})
     async with shared_server.http("alice") as http:
-        # a public document: its events go to the collection channel every signed-in user may read
+        # a public document: its events go on the collection channel to every signed-in subscriber
         created = (await http.post(docs_url(c), json={"id": "p", "data": {"v": 0}, "access": "public"})).json()
         await alice.request("SUBSCRIBE", {"channel": f"collections.{c}.documents.p"})
         await http.put(docs_url(c, "p"), json={"data": {"v": 1}})
@@ -220,7 +221,7 @@ async def test_events_on_document_and_collection_channels(shared_server) -> None
         assert [e["offset"] for e in on_doc] == [2, 3, 4]  # offset 1 was the create, before she subscribed
         assert [e["data"]["version"] for e in on_doc] == [2, 3, 3]
 
-        # a private document: only its owner's scope channel, never the collection channel
+        # a private document: its owner's scope channel; on the collection channel only its readers get it
         await http.post(docs_url(c), json={"id": "q", "data": {"secret": 1}})
         mine = await alice.next("DOCUMENT_CREATED", channel=f"collections.{c}.users.alice")
         assert mine["data"]["id"] == "q" and mine["offset"] == 1
@@ -319,8 +320,9 @@ async def test_members_public_and_revocation(shared_server) -> None:
         await alice.patch(docs_url(c, "s"), json={"access": "private"})
         assert (await carol_ws.next("UNSUBSCRIBED"))["data"]["channel"] == f"collections.{c}.documents.s"
         gone = await carol_ws.next("DOCUMENT_DELETED", channel=f"collections.{c}")
+        # the leave notice carries the grant before (public), by which its recipients were chosen
         assert gone["data"] == {"id": "s", "collection": c, "version": gone["data"]["version"], "deleted": False,
-                                "reason": "access"}
+                                "reason": "access", "owner": "alice", "access": "public", "members": []}
         await carol_ws.nothing(wait=0.3)
         await bob_ws.close(); await carol_ws.close()
 
@@ -433,3 +435,98 @@ def test_merge_patch_follows_rfc_7386(target, patch, result) -> None:
     from tether.features.documents import merge_patch
 
     assert merge_patch(target, patch) == result
+
+
+async def _backend_ws(server) -> WsClient:  # type: ignore[no-untyped-def]
+    ws = WsClient(await websockets.connect(f"ws://127.0.0.1:{server.port}/ws?api_key={API_KEY}", max_size=None))
+    assert (await ws.next(timeout=5))["type"] == "CONNECTED"
+    return ws
+
+
+async def test_collection_channel_sends_each_change_to_its_readers(shared_server) -> None:
+    """collections.{c} carries every document's changes, each only to those who may read it."""
+    c = unique("c")
+    ch = f"collections.{c}"
+    alice_ws = await WsClient.connect(shared_server, "alice")
+    bob_ws = await WsClient.connect(shared_server, "bob")
+    backend_ws = await _backend_ws(shared_server)
+    for ws in (alice_ws, bob_ws, backend_ws):
+        await ws.request("SUBSCRIBE", {"channel": ch})
+
+    async def saw(ws: WsClient, type: str, doc_id: str) -> dict:
+        event = await ws.next(channel=ch)
+        assert (event["type"], event["data"]["id"]) == (type, doc_id), event
+        return event
+
+    async with shared_server.http("alice") as alice:
+        # her own private document: she (and the API key) get every change; bob gets nothing
+        assert (await alice.post(docs_url(c), json={"id": "p", "data": {"n": 0}})).status_code == 201
+        created = await saw(alice_ws, "DOCUMENT_CREATED", "p")
+        assert {k: created["data"][k] for k in ("owner", "access", "members")} == {
+            "owner": "alice", "access": "private", "members": []}
+        assert (await alice.put(docs_url(c, "p"), json={"data": {"n": 1}})).status_code == 200
+        await saw(alice_ws, "DOCUMENT_UPDATED", "p")
+        await saw(backend_ws, "DOCUMENT_CREATED", "p")
+        await saw(backend_ws, "DOCUMENT_UPDATED", "p")
+        await bob_ws.nothing(channel=ch, wait=0.5)
+
+        # bob made a member: he gets the update (new to him: an insert); nobody gets a leave notice
+        assert (await alice.patch(docs_url(c, "p"), json={"access": "members", "members": ["bob"]})).status_code == 200
+        assert (await saw(bob_ws, "DOCUMENT_UPDATED", "p"))["data"]["members"] == ["bob"]
+        await saw(alice_ws, "DOCUMENT_UPDATED", "p")
+        await saw(backend_ws, "DOCUMENT_UPDATED", "p")
+
+        # bob removed: whoever could read it before gets the leave notice (with the grant before),
+        # then the update goes to its readers now; bob gets the notice only
+        assert (await alice.patch(docs_url(c, "p"), json={"members": [], "data": {"n": 2}})).status_code == 200
+        left = await saw(bob_ws, "DOCUMENT_DELETED", "p")
+        assert left["data"] == {"id": "p", "collection": c, "version": 4, "deleted": False, "reason": "access",
+                                "owner": "alice", "access": "members", "members": ["bob"]}
+        await bob_ws.nothing(channel=ch, wait=0.5)
+        for ws in (alice_ws, backend_ws):
+            assert (await saw(ws, "DOCUMENT_DELETED", "p"))["data"]["reason"] == "access"
+            assert (await saw(ws, "DOCUMENT_UPDATED", "p"))["data"]["data"] == {"n": 2}
+
+        # public: every subscriber gets it, the deletion too (judged by the grant it had)
+        assert (await alice.patch(docs_url(c, "p"), json={"access": "public"})).status_code == 200
+        await saw(bob_ws, "DOCUMENT_UPDATED", "p")
+        assert (await alice.delete(docs_url(c, "p"))).status_code == 200
+        gone = await saw(bob_ws, "DOCUMENT_DELETED", "p")
+        assert gone["data"]["deleted"] is True and gone["data"]["access"] == "public"
+        for ws in (alice_ws, backend_ws):
+            await saw(ws, "DOCUMENT_UPDATED", "p")
+            await saw(ws, "DOCUMENT_DELETED", "p")
+
+        # a private document's deletion reaches its owner, not bob
+        assert (await alice.post(docs_url(c), json={"id": "q", "data": {}})).status_code == 201
+        assert (await alice.delete(docs_url(c, "q"))).status_code == 200
+        await saw(alice_ws, "DOCUMENT_CREATED", "q")
+        deleted = await saw(alice_ws, "DOCUMENT_DELETED", "q")
+        assert deleted["data"]["deleted"] is True and deleted["data"]["owner"] == "alice"
+        await bob_ws.nothing(channel=ch, wait=0.5)
+
+    for ws in (alice_ws, bob_ws, backend_ws):
+        await ws.close()
+
+
+async def test_collection_recovery_replays_only_what_the_subscriber_may_read(shared_server) -> None:
+    c = unique("c")
+    ch = f"collections.{c}"
+    bob_ws = await WsClient.connect(shared_server, "bob")
+    alice_ws = await WsClient.connect(shared_server, "alice")
+    start = await bob_ws.request("SUBSCRIBE", {"channel": ch})
+    since = {"offset": start["offset"], "epoch": start["epoch"]}
+    await bob_ws.request("UNSUBSCRIBE", {"channel": ch})
+    async with shared_server.http("alice") as alice:
+        assert (await alice.post(docs_url(c), json={"id": "x", "data": {}})).status_code == 201
+        assert (await alice.post(docs_url(c), json={"id": "y", "data": {}, "access": "public"})).status_code == 201
+        assert (await alice.put(docs_url(c, "x"), json={"data": {"n": 1}})).status_code == 200
+    ack = await bob_ws.request("SUBSCRIBE", {"channel": ch, "since": since})
+    assert ack["recovered"] is True and ack["offset"] == start["offset"] + 3
+    assert [(e["type"], e["data"]["id"]) for e in ack["publications"]] == [("DOCUMENT_CREATED", "y")]
+    ack = await alice_ws.request("SUBSCRIBE", {"channel": ch, "since": since})
+    assert [(e["type"], e["data"]["id"]) for e in ack["publications"]] == [
+        ("DOCUMENT_CREATED", "x"), ("DOCUMENT_CREATED", "y"), ("DOCUMENT_UPDATED", "x")]
+    # nothing hidden in the replay is sent later either
+    await bob_ws.nothing(channel=ch, wait=0.5)
+    await bob_ws.close(); await alice_ws.close()

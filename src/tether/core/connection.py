@@ -25,7 +25,7 @@ from tether.core.hub import Hub
 from tether.core.idempotency import Idempotency
 from tether.core.logs import one_line
 from tether.core.metrics import Metrics
-from tether.core.namespaces import Namespaces
+from tether.core.namespaces import Namespaces, Visible, sees
 from tether.wire import protocol
 from tether.wire.errors import TetherError
 from tether.wire.protocol import CLOSE_ABUSE, CLOSE_SLOW
@@ -127,6 +127,8 @@ class Connection:
         self.state: dict[str, Any] = {}  # per-feature scratch (presence keys, locks to release, …)
         self._pending: dict[str, list[tuple[int, str]]] = {}
         self._sent: dict[str, int] = {}  # channel -> last offset sent: the server never sends one twice
+        # channel -> its namespace's per-recipient filter (only channels that have one)
+        self._filters: dict[str, Visible] = {}
         self._queue: list[str] = []  # taken whole by the writer; a list is far smaller than a deque
         self._wakeup: asyncio.Event | None = None  # created by next_batch, so a transport without a writer task pays nothing
         # Set by a transport without a writer task (tether.server.native): called when the
@@ -194,7 +196,9 @@ class Connection:
                 return False
             pending.append((offset, text))
         elif offset > self._sent.get(channel, 0):  # a broker filling a gap may hand an event over twice
-            self._sent[channel] = offset
+            self._sent[channel] = offset  # a filtered-out event too: it is never judged again
+            if self._filters and channel in self._filters and not sees(self._filters[channel], self.identity, text):
+                return False
             self.send(text)
             return True
         return False
@@ -402,6 +406,8 @@ class Connection:
             raise TetherError("too_large", f"subscription limit reached ({node.settings.max_subscriptions} per connection)")
         after, epoch = _parse_since(since)
         self.hold(channel)
+        if ns.visible is not None:  # before the join: what arrives from now on is judged for this subscriber
+            self._filters[channel] = ns.visible
         try:
             if fresh:
                 self.channels.add(channel)
@@ -419,8 +425,10 @@ class Connection:
                 recovered = True
             elif stream.complete:
                 recovered = True
-                publications = [text for _, text in stream.events]
-                last = max(last, stream.events[-1][0])
+                visible = ns.visible
+                publications = [text for _, text in stream.events
+                                if visible is None or sees(visible, self.identity, text)]
+                last = max(last, stream.events[-1][0])  # past the hidden ones too: never sent later
         data = protocol.subscribe_ack_data(channel, pos.offset, pos.epoch, recovered, publications)
         return Reply(data, channel, last)
 
@@ -454,6 +462,7 @@ class Connection:
         self.channels.discard(channel)
         self._pending.pop(channel, None)
         self._sent.pop(channel, None)
+        self._filters.pop(channel, None)
 
     async def unsubscribe(self, channel: str) -> None:
         if channel in self.channels:

@@ -6,6 +6,10 @@ go in front of the built-in ones. Each says how much history the channel keeps
 and who may subscribe and publish. A rule is a name (``any``, ``owner``,
 ``admin``, ``server``, ``none``) or, for a module's own channels, an async
 function that raises :class:`TetherError` to refuse.
+
+A namespace may also filter per recipient (``visible``): a subscriber then gets
+only the events it may see, live and in a SUBSCRIBE's replay, so its offsets on
+such a channel can have gaps.
 """
 
 from __future__ import annotations
@@ -14,13 +18,18 @@ import fnmatch
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Awaitable, Callable, Union
+import logging
+from typing import Any, Awaitable, Callable, Union
 
 from tether.core.auth import Identity
 from tether.wire.errors import forbidden
 from tether.wire.jsonutil import loads
 
+log = logging.getLogger("tether.namespaces")
+
 Check = Callable[[Identity, str], Awaitable[None]]
+#: A per-recipient filter: may this subscriber see this event (the decoded frame)?
+Visible = Callable[[Identity, dict[str, Any]], bool]
 Rule = Union[str, Check]
 RULE_NAMES = ("any", "owner", "admin", "server", "none")
 
@@ -33,6 +42,10 @@ class Namespace:
     history_size: int = 1000
     history_ttl: float = 3600.0
     description: str = ""
+    #: A subscriber receives an event of this namespace only when ``visible(identity, event)``
+    #: is true (``event`` is the decoded frame: type, channel, offset, data); a filter returns
+    #: true for the events it cannot judge. ``None``: everyone receives everything.
+    visible: Visible | None = None
     _regex: re.Pattern[str] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -40,6 +53,33 @@ class Namespace:
 
     def matches(self, channel: str) -> bool:
         return self._regex.match(channel) is not None
+
+
+# The last event judged and its decoded form: a fan-out hands the same text to every
+# subscriber of a channel, so it is decoded once, not once per recipient.
+_last: tuple[str, Any] = ("", None)
+
+
+def sees(visible: Visible, who: Identity, text: str) -> bool:
+    """Whether ``who`` may receive the encoded event ``text`` under ``visible``.
+
+    An event that does not decode to an object cannot be judged: visible. A filter
+    that fails hides the event (an error must never leak one)."""
+    global _last
+    last_text, event = _last
+    if text is not last_text:
+        try:
+            event = loads(text)
+        except ValueError:
+            return True
+        _last = (text, event)
+    if not isinstance(event, dict):
+        return True
+    try:
+        return bool(visible(who, event))
+    except Exception as exc:
+        log.error("visibility filter failed on %s: %s", event.get("channel"), exc)
+        return False
 
 
 def owner_of(channel: str) -> str:
@@ -136,7 +176,7 @@ def load_overrides(path: Path) -> list[Namespace]:
             raise SystemExit(f"channels file {path}: {item['pattern']}: history_size must be a whole number, 0 or more")
         if isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or not ttl > 0 or ttl == float("inf"):
             raise SystemExit(f"channels file {path}: {item['pattern']}: history_ttl must be a number of seconds above 0")
-        out.append(Namespace(**{k: v for k, v in item.items() if k in Namespace.__dataclass_fields__ and not k.startswith("_")}))
+        out.append(Namespace(**{k: v for k, v in item.items() if k in Namespace.__dataclass_fields__ and not k.startswith("_") and k != "visible"}))
     return out
 
 

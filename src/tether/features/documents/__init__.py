@@ -33,12 +33,15 @@ from tether.core.node import Feature
 from tether.core.outbox import Change
 from tether.features.documents.access import (
     Grant,
+    collection_channel,
     document_channel,
     may_manage,
     may_read,
     may_write,
     parse_channel,
+    readers_shrank,
     scope_channels,
+    visible,
 )
 from tether.features.rest import Caller, JsonVersion, NodeDep
 from tether.wire.errors import TetherError, forbidden, shown
@@ -442,12 +445,16 @@ class Documents:
 
     def _announce(self, change: Change, type: str, payload: dict[str, Any], before: Grant | None,
                   after: Grant | None) -> None:
-        """Announce one change on the document's channel and on each collection scope that may read it.
+        """Announce one change on the document's channel, the collection channel and the per-user
+        channels of those who may read it.
 
-        Scopes that could read the document before but not after get
-        ``DOCUMENT_DELETED`` (``reason: "access"``): it left their view.
-        Subscribers of the document channel who lost read access are dropped
-        on every node *before* the change is published there.
+        On the collection channel every event carries the grant its recipients are chosen by
+        (see ``access.visible``): a deletion its grant before. When an access change leaves
+        someone unable to read the document, a ``DOCUMENT_DELETED`` (``reason: "access"``,
+        ``deleted: false``) with the grant before goes first (exactly the readers before get
+        it), then the update with the grant after. Per-user channels that could read it
+        before but not after get such a notice too (without the grant). Subscribers of the document channel who
+        lost read access are dropped on every node *before* the change is published there.
         """
         c, doc_id = payload["collection"], payload["id"]
         channel = document_channel(c, doc_id)
@@ -458,10 +465,20 @@ class Documents:
         emit(channel, type, payload)
         if after is None and before is not None:  # deleted: nobody keeps a subscription to a reusable id
             emit(ACCESS_CHANNEL, "ACCESS_CHANGED", {"channel": channel, "deleted": True})
+        grant_before = None if before is None else {
+            "owner": before.owner, "access": before.access, "members": list(before.members)}
+        if type == "DOCUMENT_DELETED":
+            emit(collection_channel(c), type, {**payload, **(grant_before or {})})
+        else:
+            if before is not None and after is not None and readers_shrank(before, after):
+                emit(collection_channel(c), "DOCUMENT_DELETED", {
+                    "id": doc_id, "collection": c, "version": payload["version"], "deleted": False,
+                    "reason": "access", **(grant_before or {})})
+            emit(collection_channel(c), type, payload)
         now_in, was_in = scope_channels(c, after), scope_channels(c, before)
         for ch in sorted(now_in):
             emit(ch, type, payload)
-        if was_in - now_in:
+        if was_in - now_in:  # (a per-user channel's subscriber may read all it carries: no grant needed)
             left = payload if type == "DOCUMENT_DELETED" else {
                 "id": doc_id, "collection": c, "version": payload["version"], "deleted": False, "reason": "access"}
             for ch in sorted(was_in - now_in):
@@ -512,7 +529,8 @@ class DocumentsFeature(Feature):
         return [
             Namespace(ACCESS_CHANNEL, "none", "none", 0, 60.0, "node-to-node access changes"),
             Namespace("collections.*", self.may_subscribe, "server", s.history_size, s.history_ttl,
-                      "document changes, per access scope (docs/documents.md)"),
+                      "document changes, each to those who may read the document (docs/documents.md)",
+                      visible=visible),
         ]
 
     async def may_subscribe(self, who: Identity, channel: str) -> None:
