@@ -53,6 +53,8 @@ export class Subscription {
   /** A first subscribe without a position is waiting for its ACK: earlier events are not ours. */
   awaitingFirst = true;
   recovering = false;
+  /** The server judges this channel's events per subscriber (its ACK says `filtered`): offsets may skip. */
+  filtered = false;
   /** Offsets caused by this connection that the server does not echo to it. */
   readonly skips = new Set<number>();
   readonly handlers = new Map<string | null, Handler[]>();
@@ -558,7 +560,7 @@ export class Client {
       if (sub.awaitingFirst) return; // before our first ACK: not part of our subscription yet
     } else if (offset <= pos.offset) {
       return; // delivered already (a replay overlapping live delivery)
-    } else if (offset > pos.offset + 1 && pos.epoch && !replayed) {
+    } else if (offset > pos.offset + 1 && pos.epoch && !replayed && !sub.filtered) {
       // A hole (an event lost between tabs, or a missed frame): recover it, never skip ahead.
       if (!sub.recovering) {
         sub.recovering = true;
@@ -594,6 +596,7 @@ export class Client {
     if (!sub) return;
     const top: Position = { offset: Number(ack.offset), epoch: String(ack.epoch) };
     sub.recovering = false;
+    sub.filtered = ack.filtered === true;
     const pos = sub.position;
     if (!pos || (!pos.epoch && pos.offset <= top.offset)) {
       // Our first answer: we start at the channel's top.

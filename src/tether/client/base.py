@@ -67,6 +67,7 @@ class Subscription:
         self.reload_handlers: list[Callable[[str], Any]] = []
         self.offset: int | None = None
         self.epoch: str | None = None
+        self.filtered = False  # the server judges this channel's events per subscriber: offsets may skip
 
     def on(self, type: str | None, handler: Handler) -> Handler:
         """Call ``handler(event)`` for events of ``type`` (``None``: every event) on this channel."""
@@ -487,7 +488,7 @@ class BaseClient:
         if sub.offset is not None:
             if offset <= sub.offset:
                 return  # already delivered (a replay overlapping live delivery)
-            if offset > sub.offset + 1 and not replayed:
+            if offset > sub.offset + 1 and not replayed and not sub.filtered:
                 # A hole: recover it rather than deliver out of order.
                 link = self._link
                 if link is not None:
@@ -503,6 +504,7 @@ class BaseClient:
         if sub is None:
             return
         offset, epoch = int(ack["offset"]), str(ack["epoch"])
+        sub.filtered = ack.get("filtered") is True
         if since is not None and not ack.get("recovered"):
             # History no longer covers the gap: never pretend; the app reloads.
             sub.offset, sub.epoch = offset, epoch

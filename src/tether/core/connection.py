@@ -429,7 +429,8 @@ class Connection:
                 publications = [text for _, text in stream.events
                                 if visible is None or sees(visible, self.identity, text)]
                 last = max(last, stream.events[-1][0])  # past the hidden ones too: never sent later
-        data = protocol.subscribe_ack_data(channel, pos.offset, pos.epoch, recovered, publications)
+        data = protocol.subscribe_ack_data(channel, pos.offset, pos.epoch, recovered, publications,
+                                           filtered=ns.visible is not None)
         return Reply(data, channel, last)
 
     async def abandon(self, channel: str, fresh: bool) -> None:

@@ -150,9 +150,14 @@ def ping() -> str:
     return frame("PING", {"timestamp": now_ms()})
 
 
-def subscribe_ack_data(channel: str, offset: int, epoch: str, recovered: bool, publications: list[str]) -> str:
-    """SUBSCRIBE's ACK data, splicing the stored event texts in without re-decoding them."""
-    head = dumps({"channel": channel, "offset": offset, "epoch": epoch, "recovered": recovered})
+def subscribe_ack_data(channel: str, offset: int, epoch: str, recovered: bool, publications: list[str],
+                       filtered: bool = False) -> str:
+    """SUBSCRIBE's ACK data, splicing the stored event texts in without re-decoding them.
+    ``filtered``: the channel's events are judged per subscriber, so its offsets may skip."""
+    fields: dict[str, object] = {"channel": channel, "offset": offset, "epoch": epoch, "recovered": recovered}
+    if filtered:
+        fields["filtered"] = True
+    head = dumps(fields)
     return head[:-1] + ',"publications":[' + ",".join(publications) + "]}"
 
 

@@ -528,6 +528,10 @@ class DocumentsFeature(Feature):
         s = self.node.settings
         return [
             Namespace(ACCESS_CHANNEL, "none", "none", 0, 60.0, "node-to-node access changes"),
+            # A document's own channel and a user's scope carry only what their subscribers may read.
+            Namespace("collections.*.*", self.may_subscribe, "server", s.history_size, s.history_ttl,
+                      "a document's changes, or those a user may read (docs/documents.md)"),
+            # A collection's channel carries every change: each subscriber gets what it may read.
             Namespace("collections.*", self.may_subscribe, "server", s.history_size, s.history_ttl,
                       "document changes, each to those who may read the document (docs/documents.md)",
                       visible=visible),
