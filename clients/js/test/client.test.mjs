@@ -220,3 +220,28 @@ test("a subscription the server drops (document deleted) is dropped and reported
   assert.deepEqual(dropped[0], [channel, "forbidden"]);
   assert.equal(c.subscription(channel), undefined);
 });
+
+test("a filtered channel's offset gaps are taken as they are: every readable change, no recovery", async () => {
+  const sent = [];
+  class Counting extends WebSocket {
+    send(data) {
+      sent.push(JSON.parse(data));
+      return super.send(data);
+    }
+  }
+  const col = `gaps${Date.now()}`;
+  const bob = make("bob:gaps", { WebSocket: Counting });
+  await bob.connect();
+  const seen = [];
+  await bob.subscribe(`collections.${col}`, (e) => seen.push(`${e.type}:${e.data.id}`));
+  const alice = { Authorization: "Bearer alice:web", "Content-Type": "application/json" };
+  for (const [id, access] of [["x", "private"], ["y", "public"], ["z", "private"], ["w", "public"]]) {
+    const r = await fetch(`${server.url}/api/collections/${col}/documents`, {
+      method: "POST", headers: alice, body: JSON.stringify({ id, data: {}, access }) });
+    assert.equal(r.status, 201);
+  }
+  await until(() => seen.length >= 2, "bob to see the two public documents");
+  assert.deepEqual(seen, ["DOCUMENT_CREATED:y", "DOCUMENT_CREATED:w"]);
+  const subscribes = sent.filter((f) => f.type === "SUBSCRIBE" && f.data.channel === `collections.${col}`);
+  assert.equal(subscribes.length, 1, "no resubscribe to recover a gap");
+});
