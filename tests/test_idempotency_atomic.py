@@ -156,7 +156,7 @@ async def test_a_keyed_create_whose_announce_failed_is_created_once_and_announce
         assert retried == [first, named]
         listed = [d["id"] for d in (await docs.list(alice, "notes"))["documents"]]
         assert sorted(listed) == sorted([first["id"], "n2"])
-        assert await node.outbox.sweep() == 4  # each document's channel and the owner's scope
+        assert await node.outbox.sweep() == 6  # each document's channel, the collection's and the owner's scope
         for doc in (first, named):
             stream = await node.broker.read(f"collections.notes.documents.{doc['id']}", 0)
             assert [loads(text)["type"] for _, text in stream.events] == ["DOCUMENT_CREATED"]

@@ -10,9 +10,9 @@ from pydantic import BaseModel, Field
 from tether.broker.base import Position
 from tether.core.auth import Identity
 from tether.core.connection import Connection, Op
-from tether.core.idempotency import answer_on_publish, scope
+from tether.core.idempotency import answer_on_publish
 from tether.core.node import Feature
-from tether.features.rest import Caller, NodeDep
+from tether.features.rest import Caller, NodeDep, once
 from tether.wire import protocol
 from tether.wire.errors import TetherError, bad_request
 from tether.wire.jsonutil import dumps
@@ -102,8 +102,6 @@ class ChannelsFeature(Feature):
                 node.metrics.publishes.inc()
                 return published(channel, position, type=event_type)
 
-            if idempotency_key:
-                return await node.idempotency.run(scope(who, f"rest:publish {channel}"), idempotency_key, run)  # type: ignore[no-any-return]
-            return await run()
+            return await once(node, who, f"rest:publish {channel}", idempotency_key, run)  # type: ignore[no-any-return]
 
         return router

@@ -23,9 +23,9 @@ from pydantic import BaseModel, Field, StrictBool
 
 from tether.core.auth import valid_id
 from tether.core.connection import Op, holding_user_channel
-from tether.core.idempotency import rerun_on_failure, scope
+from tether.core.idempotency import rerun_on_failure
 from tether.core.node import Feature
-from tether.features.rest import Caller, NodeDep, require_server
+from tether.features.rest import Caller, NodeDep, once, require_server
 from tether.storage.database import Database
 from tether.wire import protocol
 from tether.wire.errors import TetherError, bad_request
@@ -297,8 +297,6 @@ class EventsFeature(Feature):
                 node.metrics.publishes.inc()
                 return {"delivered": await self.connections(user_id)}
 
-            if idempotency_key:
-                return await node.idempotency.run(scope(who, f"rest:push {user_id}"), idempotency_key, run)  # type: ignore[no-any-return]
-            return await run()
+            return await once(node, who, f"rest:push {user_id}", idempotency_key, run)  # type: ignore[no-any-return]
 
         return router

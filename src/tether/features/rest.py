@@ -7,13 +7,14 @@ Features declare their routes with FastAPI's ``APIRouter``; the server layer
 from __future__ import annotations
 
 import math
-from typing import Annotated, Any
+from typing import Annotated, Any, Awaitable, Callable
 
 from annotated_types import Ge, Le
 from fastapi import Depends, Request
 from pydantic import BeforeValidator, Strict
 
 from tether.core.auth import Identity
+from tether.core.idempotency import scope
 from tether.core.node import Node
 from tether.wire.errors import TetherError
 from tether.wire.jsoncheck import INT_MAX
@@ -51,3 +52,11 @@ Caller = Annotated[Identity, Depends(get_caller)]
 def require_server(who: Identity) -> None:
     if not who.is_server:
         raise TetherError("forbidden", "this endpoint needs the server API key (X-API-Key)")
+
+
+async def once(node: Node, who: Identity, op: str, key: str | None, fn: Callable[[], Awaitable[Any]]) -> Any:
+    """Run a REST write once per ``Idempotency-Key`` (the same key again gets the first answer).
+    A header that is present but empty is refused (400), never taken for no key."""
+    if key is None:
+        return await fn()
+    return await node.idempotency.run(scope(who, op), key, fn)

@@ -36,11 +36,10 @@ from pydantic import (
 
 from tether.core.auth import ID_PATTERN, Identity, valid_id
 from tether.core.connection import Connection, Op
-from tether.core.idempotency import scope
 from tether.core.namespaces import Namespace
 from tether.core.node import Feature
 from tether.core.outbox import Change
-from tether.features.rest import Caller, JsonInt, NodeDep
+from tether.features.rest import Caller, JsonInt, NodeDep, once
 from tether.storage.database import Queries, Row
 from tether.wire.errors import TetherError, forbidden, not_found, shown
 from tether.wire.jsoncheck import INT_MAX
@@ -109,7 +108,7 @@ SCHEMA = [
 # Not blank: a character outside every engine's whitespace (Python's, ECMA's in OpenAPI clients,
 # Rust's trim in pydantic), so all of them agree on what it accepts.
 NOT_BLANK = r"[^\s\x1c-\x1f\x85\ufeff]"
-User = Field(json_schema_extra={"pattern": ID_PATTERN})  # a user id, checked where it is used
+User = StringConstraints(pattern=ID_PATTERN)  # a user id: checked before anything runs (an idempotent replay included)
 Title = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200, pattern=NOT_BLANK)]
 Description = Annotated[str, StringConstraints(max_length=2000)]
 Category = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=64, pattern=NOT_BLANK)]
@@ -792,11 +791,6 @@ class SessionsFeature(Feature):
     def router(self) -> APIRouter:
         router = APIRouter(prefix="/sessions", tags=["sessions"])
         d = self.domain
-
-        async def once(node: Any, who: Identity, op: str, key: str | None, fn: Any) -> Any:
-            if key:
-                return await node.idempotency.run(scope(who, op), key, fn)
-            return await fn()
 
         @router.post("", status_code=201)
         async def create(body: SessionIn, node: NodeDep, who: Caller,

@@ -27,7 +27,7 @@ from pydantic import (
 
 from tether.core.auth import Identity
 from tether.core.connection import Connection, Op
-from tether.core.idempotency import answer, scope
+from tether.core.idempotency import answer
 from tether.core.namespaces import Namespace
 from tether.core.node import Feature
 from tether.core.outbox import Change
@@ -43,7 +43,7 @@ from tether.features.documents.access import (
     scope_channels,
     visible,
 )
-from tether.features.rest import Caller, JsonVersion, NodeDep
+from tether.features.rest import Caller, JsonVersion, NodeDep, once
 from tether.wire.errors import TetherError, forbidden, shown
 from tether.wire.jsoncheck import INT_MAX
 from tether.wire.jsonutil import dumps, loads
@@ -631,9 +631,6 @@ class DocumentsFeature(Feature):
     def router(self) -> APIRouter:
         router = APIRouter(prefix="/collections/{collection}/documents", tags=["documents"])
         docs = self.docs
-
-        async def once(node: Any, who: Identity, op: str, key: str | None, fn: Callable[[], Any]) -> Any:
-            return await node.idempotency.run(scope(who, op), key, fn) if key else await fn()
 
         @router.post("", status_code=201)
         async def create(collection: CollectionP, body: CreateBody, node: NodeDep, who: Caller,
