@@ -15,10 +15,10 @@ such a channel can have gaps.
 from __future__ import annotations
 
 import fnmatch
+import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-import logging
 from typing import Any, Awaitable, Callable, Union
 
 from tether.core.auth import Identity
