@@ -123,6 +123,9 @@ export function Chat(props: { id: string; session: Session; canPost: boolean; si
       el.scrollTop = el.scrollHeight - keepFromBottom.current;
       keepFromBottom.current = null;
     } else if (stick.current) el.scrollTop = el.scrollHeight;
+    // Still at the top once a load is done (scrolled up while it ran, or too few to scroll):
+    // no scroll event will come, so go on loading older ones.
+    if (el.scrollTop < 60 && hasMore && !loading && messages.length) void older();
   });
 
   function onScroll() {
